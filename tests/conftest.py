@@ -1,0 +1,162 @@
+"""Start the real `fwatchdog` (python -m watchdog) on loopback ports, as a child
+process, and check after every test that nothing it forked is left alive."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Protocol
+from pathlib import Path
+
+import pytest
+
+FUNCTIONS = Path(__file__).parent / "functions"
+LISTENING = re.compile(r"msg=listening address=(\S+):(\d+) metrics_address=(\S+):(\d+)")
+
+
+class Gateway:
+    """One running gateway. Its functions inherit WATCHDOG_TEST_MARK, which is how
+    `survivors()` finds every process it forked, grandchildren included."""
+
+    def __init__(self, command: list[str], env: dict[str, str], tmp: Path,
+                 args: list[str] | None = None) -> None:
+        self.mark = uuid.uuid4().hex
+        self.tmp = tmp
+        self.log_path = tmp / "gateway.log"
+        full_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TMPDIR": str(tmp),
+            "WATCHDOG_TEST_MARK": self.mark,
+            "WATCHDOG_BIND_ADDRESS": "127.0.0.1",
+            "WATCHDOG_PORT": "0",
+            "WATCHDOG_METRICS_PORT": "0",
+            "healthcheck_interval": "0",  # tests may override with either name
+            "PYTHONPATH": str(Path(__file__).parent.parent),
+            **env,
+        }
+        argv = [sys.executable, "-m", "watchdog", *(args or [])]
+        if command:
+            argv += ["--", *command]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.port, self.metrics_port = self._wait_listening()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def _wait_listening(self, timeout: float = 15.0) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log())
+            if match:
+                return int(match.group(2)), int(match.group(4))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"gateway did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def survivors(self) -> list[int]:
+        """Live (non-zombie) processes carrying this gateway's mark, itself excluded."""
+        return marked_processes(self.mark, exclude=self.proc.pid)
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter from /proc/PID/stat, or None when the pid is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    state = process_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def wait_dead(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def marked_processes(mark: str, exclude: int = -1) -> list[int]:
+    needle = f"WATCHDOG_TEST_MARK={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == exclude:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+class StartGateway(Protocol):
+    def __call__(self, command: list[str], env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> Gateway: ...
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    """`gateway(command, env={...}, args=[...])` starts one; all are stopped after the
+    test, which then fails if any function process survived."""
+    started: list[Gateway] = []
+
+    def start(command: list[str], env: dict[str, str] | None = None,
+              args: list[str] | None = None) -> Gateway:
+        folder = tmp_path / f"gw{len(started)}"
+        folder.mkdir()
+        gw = Gateway(command, env or {}, folder, args)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        if gw.proc.poll() is None:
+            gw.signal(signal.SIGTERM)
+            gw.signal(signal.SIGTERM)  # the second one skips the waits
+        try:
+            gw.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+            pytest.fail(f"gateway did not stop on SIGTERM:\n{gw.log()}")
+        gw._log.close()
+    for gw in started:
+        deadline = time.monotonic() + 5
+        while gw.survivors() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gw.survivors() == [], "function processes outlived the gateway"

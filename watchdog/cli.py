@@ -1,0 +1,135 @@
+"""`fwatchdog`: flags from the settings table, `--help` from the same table, and the
+subcommands (serve is the default, `healthcheck` for container health checks)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from watchdog import __version__, logs
+from watchdog.config import SETTINGS, Config, ConfigError, default_text
+from watchdog.server import Watchdog
+
+PROG = "fwatchdog"
+EXIT_CONFIG = 2  # as argparse's usage errors
+
+log = logging.getLogger("watchdog")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [options] [-- CMD ARGS...]\n       {PROG} healthcheck",
+        description="A concurrency gateway that forks CMD for each HTTP request: the body "
+        "is its stdin, its stdout the response. Each setting is taken from its flag, "
+        "else its WATCHDOG_* variable, else its OpenFaaS variable, else the default.",
+        epilog="`healthcheck` exits 0 while the lock file $TMPDIR/.lock exists "
+        "(for a container's exec health check).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for setting in SETTINGS:
+        parser.add_argument(
+            setting.flag, dest=setting.field, metavar="VALUE", default=None,
+            help=f"{setting.meaning}. Variables: {', '.join(setting.variables)}. "
+            f"Default: {default_text(setting)}. Accepts {setting.accepted}.",
+        )
+    return parser
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """Raises SystemExit(2) on bad flags or settings, with a one-line reason."""
+    argv = list(argv)
+    command: tuple[str, ...] = ()
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], tuple(argv[split + 1:])
+        if not command:
+            _fail("-- must be followed by a command")
+    namespace = _parser().parse_args(argv)
+    flags = {k: v for k, v in vars(namespace).items() if v is not None}
+    try:
+        return Config.from_env(environ, flags, command)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def main(argv: Sequence[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if argv[:1] == ["healthcheck"]:
+        return healthcheck(environ)
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    config = parse_args(argv, environ)
+    return serve(config, environ)
+
+
+def healthcheck(environ: Mapping[str, str]) -> int:
+    lock = (environ.get("TMPDIR") or "/tmp").rstrip("/") + "/.lock"
+    return 0 if os.path.exists(lock) else 1
+
+
+def serve(config: Config, environ: Mapping[str, str]) -> int:
+    logs.configure(config.log_level)
+    _protect_descriptors()
+    if shutil.which(config.fprocess[0], path=environ.get("PATH")) is None:
+        log.warning("fprocess not found or not executable; requests will get 500",
+                    extra={logs.FIELDS: {"fprocess": config.fprocess[0]}})
+    with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
+        watchdog = runner.run(_create(config, environ))
+        try:
+            runner.run(watchdog.serve())
+        except OSError as exc:  # the listening socket: in use, no permission
+            log.error("cannot listen", extra={logs.FIELDS: {"error": str(exc)}})
+            return 1
+    return 0
+
+
+async def _create(config: Config, environ: Mapping[str, str]) -> Watchdog:
+    # Made inside the loop: its events and futures belong to it.
+    return Watchdog(config, environ, handle_signals=True)
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _protect_descriptors() -> None:
+    """Keep the functions' world clean: stdin/stdout/stderr exist (a pipe never
+    lands on 0-2 by accident), and nothing inherited from our own parent leaks
+    into every function (Python's own descriptors are close-on-exec already)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    try:
+        inherited = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in inherited:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the directory's own descriptor, already closed

@@ -1,0 +1,317 @@
+"""The settings table and the frozen `Config` it builds.
+
+One table (`SETTINGS`) drives parsing, `fwatchdog --help` and the README's table.
+Each setting is read, in order of precedence, from its command-line flag, its
+`WATCHDOG_*` variable, then its OpenFaaS (lower-case) variable; an empty
+variable counts as unset, like the Go watchdog's `os.Getenv(...) != ""`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value it cannot take; `str()` is the one line to print."""
+
+    def __init__(self, source: str, value: str, accepted: str, message: str = "") -> None:
+        super().__init__(message or f"{source}={value!r}: expected {accepted}")
+        self.source = source
+        self.value = value
+        self.accepted = accepted
+
+
+class _Invalid(ValueError):
+    """Raised by a parser; the caller adds which variable held the value."""
+
+
+# --- parsers: raw text -> typed value, or _Invalid --------------------------------
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `30` (whole seconds) or a Go duration (`5s`, `1m30s`, `250ms`)."""
+    text = text.strip()
+    if text.isascii() and text.isdigit():
+        total = float(text)
+    else:
+        pos, total = 0, 0.0
+        while pos < len(text):
+            match = _GO_DURATION.match(text, pos)
+            if match is None:
+                raise _Invalid
+            total += float(match.group(1)) * _GO_UNITS[match.group(2)]
+            pos = match.end()
+        if pos == 0:
+            raise _Invalid
+    if not math.isfinite(total):
+        raise _Invalid
+    return total
+
+
+def parse_count(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or not text.isascii():
+        raise _Invalid
+    return int(text)
+
+
+def parse_port(text: str) -> int:
+    port = parse_count(text)
+    if port > 65535:
+        raise _Invalid
+    return port
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "ki": 2**10, "kib": 2**10,
+               "m": 10**6, "mb": 10**6, "mi": 2**20, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gi": 2**30, "gib": 2**30}
+_SIZE = re.compile(r"(\d+)\s*([a-z]*)")
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise _Invalid
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise _Invalid
+
+
+def parse_text(text: str) -> str:
+    return text
+
+
+def parse_command(text: str) -> tuple[str, ...]:
+    # Like the Go watchdog: split on spaces, no shell, no quoting.
+    argv = tuple(text.split())
+    if not argv:
+        raise _Invalid
+    return argv
+
+
+def parse_address(text: str) -> str:
+    text = text.strip()
+    if text in ("", "*"):
+        return ""
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return text.strip("[]")
+    except ValueError:
+        pass
+    if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", text):
+        return text
+    raise _Invalid
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise _Invalid
+    return level
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def parse_loop(text: str) -> str:
+    loop = text.strip().lower()
+    if loop not in LOOPS:
+        raise _Invalid
+    return loop
+
+
+# --- the table ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    field: str
+    variables: tuple[str, ...]  # WATCHDOG_* first, then the OpenFaaS name
+    default: str | None  # raw text as a user would write it; None: see `fallback`
+    parse: Callable[[str], Any]
+    accepted: str
+    meaning: str
+    fallback: str = ""  # for a default taken from another setting, its field name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+DURATION = "whole seconds or a Go duration such as 30s, 1m30s or 500ms"
+COUNT = "a whole number >= 0"
+BOOL = "true or false"
+SIZE = "a whole number of bytes, optionally with a unit: 512k, 10Mi, 1Gi"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("fprocess", ("WATCHDOG_FPROCESS", "fprocess"), None, parse_command,
+            "a command line (split on spaces, no shell), or CMD ARGS... after --",
+            "the command forked for each request; the request body is its stdin"),
+    Setting("port", ("WATCHDOG_PORT", "port"), "8080", parse_port,
+            "a port number 0-65535 (0: any free port)", "port for function requests"),
+    Setting("bind_address", ("WATCHDOG_BIND_ADDRESS",), "", parse_address,
+            "an IP address or host name; empty for all interfaces",
+            "address to listen on (empty: all interfaces, like fwatchdog)"),
+    Setting("metrics_port", ("WATCHDOG_METRICS_PORT", "metrics_port"), "8081", parse_port,
+            "a port number 0-65535 (0: any free port)", "port for GET /metrics"),
+    Setting("metrics_bind_address", ("WATCHDOG_METRICS_BIND_ADDRESS",), None, parse_address,
+            "an IP address or host name; empty for all interfaces",
+            "address for the metrics listener", fallback="bind_address"),
+    Setting("read_timeout", ("WATCHDOG_READ_TIMEOUT", "read_timeout"), "30s", parse_duration,
+            DURATION, "longest time to receive a request body (0: no limit); then 408"),
+    Setting("write_timeout", ("WATCHDOG_WRITE_TIMEOUT", "write_timeout"), "30s", parse_duration,
+            DURATION,
+            "longest time from request to response (0: no limit); then 504, group killed; "
+            "also the drain deadline on shutdown"),
+    Setting("exec_timeout", ("WATCHDOG_EXEC_TIMEOUT", "exec_timeout"), "0", parse_duration,
+            DURATION, "kill the function's process group after this long (0: never); then 408"),
+    Setting("max_inflight", ("WATCHDOG_MAX_INFLIGHT", "max_inflight"), "0", parse_count,
+            COUNT + " (0: no limit)",
+            "most functions running at once; more requests get 429 at once"),
+    Setting("healthcheck_interval", ("WATCHDOG_HEALTHCHECK_INTERVAL", "healthcheck_interval"),
+            None, parse_duration, DURATION,
+            "on SIGTERM, time to keep serving while reporting unhealthy, before the drain",
+            fallback="write_timeout"),
+    Setting("write_debug", ("WATCHDOG_WRITE_DEBUG", "write_debug"), "false", parse_bool, BOOL,
+            "copy each function's output to the log"),
+    Setting("combine_output", ("WATCHDOG_COMBINE_OUTPUT", "combine_output"), "true", parse_bool,
+            BOOL, "send the function's stderr in the response with its stdout "
+            "(false: stderr goes to the log)"),
+    Setting("content_type", ("WATCHDOG_CONTENT_TYPE", "content_type"), "", parse_text,
+            "a media type", "Content-Type of responses (empty: echo the request's)"),
+    Setting("marshal_request", ("WATCHDOG_MARSHAL_REQUEST", "marshal_request"), "false",
+            parse_bool, BOOL,
+            'stdin is {"header":{...},"body":{"raw":"<base64>"}} instead of the raw body'),
+    Setting("cgi_headers", ("WATCHDOG_CGI_HEADERS", "cgi_headers"), "true", parse_bool, BOOL,
+            "pass request headers to the function as Http_* variables"),
+    Setting("suppress_lock", ("WATCHDOG_SUPPRESS_LOCK", "suppress_lock"), "false", parse_bool,
+            BOOL, "do not write the lock file $TMPDIR/.lock (health then follows shutdown only)"),
+    Setting("max_body_bytes", ("WATCHDOG_MAX_BODY_BYTES", "max_body_bytes"), "0", parse_size,
+            SIZE + " (0: no limit)",
+            "largest request body; more gets 413 (before any fork when Content-Length says so)"),
+    Setting("max_output_bytes", ("WATCHDOG_MAX_OUTPUT_BYTES", "max_output_bytes"), "64Mi",
+            parse_size, SIZE, "largest function output held for a response; more gets 500, "
+            "group killed"),
+    Setting("kill_grace", ("WATCHDOG_KILL_GRACE",), "2s", parse_duration, DURATION,
+            "time between SIGTERM and SIGKILL when a function's group is stopped"),
+    Setting("log_level", ("WATCHDOG_LOG_LEVEL",), "INFO", parse_log_level,
+            "one of " + ", ".join(LOG_LEVELS), "least severe log level written to stderr"),
+    Setting("loop", ("WATCHDOG_LOOP",), "asyncio", parse_loop, "one of " + ", ".join(LOOPS),
+            "event loop implementation"),
+)
+
+SETTINGS_BY_FIELD = {setting.field: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    fprocess: tuple[str, ...]
+    port: int
+    bind_address: str
+    metrics_port: int
+    metrics_bind_address: str
+    read_timeout: float
+    write_timeout: float
+    exec_timeout: float
+    max_inflight: int
+    healthcheck_interval: float
+    write_debug: bool
+    combine_output: bool
+    content_type: str
+    marshal_request: bool
+    cgi_headers: bool
+    suppress_lock: bool
+    max_body_bytes: int
+    max_output_bytes: int
+    kill_grace: float
+    log_level: str
+    loop: str
+    lock_path: str  # derived: $TMPDIR/.lock, as the Go watchdog's os.TempDir()
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        flags: Mapping[str, str] | None = None,
+        command: tuple[str, ...] = (),
+    ) -> Config:
+        """Build from an environment, `flags` (field -> raw text) and `command` (after --).
+
+        Raises ConfigError naming the first bad source (flag or variable).
+        """
+        flags = flags or {}
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            source, raw = _lookup(setting, environ, flags)
+            if setting.field == "fprocess" and command:
+                values["fprocess"] = command
+                continue
+            if raw is None:
+                if setting.default is None:
+                    continue  # filled from its fallback below
+                source, raw = "default", setting.default
+            try:
+                values[setting.field] = setting.parse(raw)
+            except _Invalid:
+                raise ConfigError(source, raw, setting.accepted) from None
+        if "fprocess" not in values:
+            fprocess = SETTINGS_BY_FIELD["fprocess"]
+            names = ", ".join(fprocess.variables)
+            raise ConfigError(names, "", fprocess.accepted,
+                              f"no function to run: set {names} or {fprocess.flag}, "
+                              "or give CMD ARGS... after --")
+        for setting in SETTINGS:
+            if setting.field not in values:
+                values[setting.field] = values[setting.fallback]
+        tmpdir = environ.get("TMPDIR") or "/tmp"
+        return cls(**values, lock_path=tmpdir.rstrip("/") + "/.lock")
+
+
+def _lookup(setting: Setting, environ: Mapping[str, str],
+            flags: Mapping[str, str]) -> tuple[str, str | None]:
+    if setting.field in flags:
+        return setting.flag, flags[setting.field]
+    for name in setting.variables:
+        raw = environ.get(name)
+        # An empty fprocess is an error, not "unset": it would fork nothing.
+        if raw is not None and (raw != "" or setting.field == "fprocess"):
+            return name, raw
+    return "", None
+
+
+def default_text(setting: Setting) -> str:
+    if setting.default is None:
+        return f"= {setting.fallback}" if setting.fallback else "(required)"
+    return setting.default if setting.default != "" else '""'
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated so that a test keeps them in sync."""
+    lines = ["| flag | variables | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        names = ", ".join(f"`{v}`" for v in s.variables)
+        lines.append(f"| `{s.flag}` | {names} | `{default_text(s)}` | {s.meaning} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,176 @@
+"""One invocation: admit or reject, spawn, feed the body, enforce the deadlines,
+and turn the function's end into a status and a body.
+
+Knows nothing of aiohttp: the body arrives as an async iterator of chunks and
+the answer leaves as a `Result`, so the HTTP layer and OSCAR mode share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from watchdog.config import Config
+from watchdog.limiter import Limiter
+from watchdog.metrics import Metrics
+from watchdog.process import Exit, FunctionProcess, OrphanReaper, SpawnError, spawn
+
+log = logging.getLogger("watchdog")
+
+# Why the gateway stopped a function -> what its caller gets.
+STOPS = {
+    "exec_timeout": (408, "Killed process."),  # the Go watchdog's words
+    "read_timeout": (408, "Request body not received within read_timeout; function killed."),
+    "write_timeout": (504, "Function did not answer within write_timeout; killed."),
+    "shutdown": (503, "Gateway shutting down: function killed at the drain deadline."),
+    "overflow": (500, "Function output exceeded max_output_bytes; killed."),
+}
+
+
+@dataclass(slots=True)
+class Result:
+    status: int
+    body: list[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+    exit: Exit | None = None
+
+    @classmethod
+    def text(cls, status: int, message: str, **headers: str) -> Result:
+        return cls(status, [message.encode() + b"\n"],
+                   {"Content-Type": "text/plain; charset=utf-8", **headers})
+
+
+class Executor:
+    def __init__(self, config: Config, limiter: Limiter, metrics: Metrics) -> None:
+        self._config = config
+        self._limiter = limiter
+        self._metrics = metrics
+        self.live: dict[int, FunctionProcess] = {}  # by pid
+        self.reaper = OrphanReaper(lambda pid: pid in self.live)
+
+    def reject_body_size(self, content_length: int | None) -> Result | None:
+        """413 from the Content-Length alone, before any slot or fork."""
+        limit = self._config.max_body_bytes
+        if limit and content_length is not None and content_length > limit:
+            return self._too_large()
+        return None
+
+    async def invoke(
+        self,
+        env: Mapping[str, str],
+        body: AsyncIterator[bytes],
+        started: float,
+    ) -> Result:
+        """Run the function once. `started` is the request's arrival on the loop's
+        clock; read_timeout and write_timeout count from it."""
+        config = self._config
+        if not self._limiter.try_acquire():
+            return self.rejected()
+        try:
+            proc = spawn(config.fprocess, env, combine_output=config.combine_output,
+                         max_output=config.max_output_bytes, kill_grace=config.kill_grace)
+        except SpawnError as exc:
+            self._limiter.release()
+            log.error("cannot start function: %s", exc.strerror)
+            return Result.text(500, f"Failed to start function: {exc.strerror}")
+        self.live[proc.pid] = proc
+        proc.add_done_callback(lambda exit: self._on_exit(proc, exit))
+
+        loop = asyncio.get_running_loop()
+        run_deadline, run_reason = _earliest(
+            (loop.time() + config.exec_timeout if config.exec_timeout else None, "exec_timeout"),
+            (started + config.write_timeout if config.write_timeout else None, "write_timeout"),
+        )
+        read_deadline = started + config.read_timeout if config.read_timeout else None
+        try:
+            async with asyncio.timeout_at(run_deadline):
+                try:
+                    async with asyncio.timeout_at(read_deadline):
+                        if not await self._feed(proc, body):
+                            proc.stop("body_too_large")
+                            return self._too_large()
+                except TimeoutError:
+                    return self._stopped(proc, "read_timeout")
+                exit = await proc.wait()
+        except TimeoutError:
+            return self._stopped(proc, run_reason)
+        finally:
+            # Also on cancellation, when the client hung up: end the group.
+            if not proc.finished:
+                proc.stop("disconnect")
+        return self._answer(exit)
+
+    def rejected(self) -> Result:
+        limit = self._limiter.limit
+        self._metrics.rejected.inc()
+        return Result.text(
+            429,
+            f"Concurrent request limit exceeded. Max concurrent requests: {limit}",
+            **{
+                "X-OpenFaaS-Internal": "faas-middleware",
+                "Retry-After": str(self._limiter.retry_after()),
+                "X-Watchdog-Inflight": str(self._limiter.inflight),
+                "X-Watchdog-Max-Inflight": str(limit),
+            },
+        )
+
+    def stop_all(self, reason: str) -> None:
+        for proc in list(self.live.values()):
+            proc.stop(reason)
+
+    async def wait_all(self) -> None:
+        while self.live:
+            await next(iter(self.live.values())).wait()
+
+    # --- inside ---------------------------------------------------------------------
+
+    async def _feed(self, proc: FunctionProcess, body: AsyncIterator[bytes]) -> bool:
+        """Copy the body to stdin with backpressure; False when it passes the limit."""
+        limit = self._config.max_body_bytes
+        received = 0
+        async for chunk in body:
+            received += len(chunk)
+            if limit and received > limit:
+                return False
+            if not await proc.write(chunk):
+                break  # the function stopped reading; as Go, ignore the rest
+        proc.close_stdin()
+        return True
+
+    def _stopped(self, proc: FunctionProcess, reason: str) -> Result:
+        """Stop the group and answer at once; its slot stays taken until it is reaped."""
+        proc.stop(reason)
+        status, message = STOPS[reason]
+        return Result.text(status, message)
+
+    def _answer(self, exit: Exit) -> Result:
+        if exit.stopped_for is not None:
+            status, message = STOPS[exit.stopped_for]
+            return Result.text(status, message)
+        if exit.code != 0:
+            return Result(500, [(exit.describe() + "\n").encode(), *exit.output],
+                          {"Content-Type": "text/plain; charset=utf-8"}, exit)
+        return Result(200, exit.output, {}, exit)
+
+    def _too_large(self) -> Result:
+        return Result.text(
+            413, f"Request body larger than max_body_bytes ({self._config.max_body_bytes}).")
+
+    def _on_exit(self, proc: FunctionProcess, exit: Exit) -> None:
+        del self.live[proc.pid]
+        self._limiter.release(exit.duration)
+        self.reaper.soon()  # the sweep may have orphaned killed grandchildren
+        self._metrics.observe_function(exit.status_label, exit.duration)
+        if self._config.write_debug and exit.output:
+            log.info("function output: %s",
+                     b"".join(exit.output).decode("utf-8", "backslashreplace"))
+
+
+def _earliest(*candidates: tuple[float | None, str]) -> tuple[float | None, str]:
+    best: tuple[float | None, str] = (None, "")
+    for when, reason in candidates:
+        if when is not None and (best[0] is None or when < best[0]):
+            best = (when, reason)
+    return best

@@ -1,0 +1,469 @@
+"""Spawn a function in its own process group, feed it, collect it, stop it, reap it.
+
+Knows nothing of HTTP. The mechanism, and why:
+
+- `os.posix_spawnp` (glibc: clone(CLONE_VM|CLONE_VFORK)) costs the same however
+  large the gateway grows, where a real fork() copies its page tables; it also
+  leaves the event loop's own child machinery out of it.
+- Each child leads a new process group, so a stop reaches its grandchildren too.
+- The exit is learnt from a pidfd on the event loop (no thread per child; a
+  thread only where the kernel has no pidfd_open) and read with WNOWAIT: the
+  leader stays a zombie until the group has been swept with SIGKILL, so its pid,
+  which is also the group id, cannot be reused by a stranger in between.
+- Pipes are non-blocking and served by loop callbacks: writing the body waits
+  for the pipe to drain (backpressure); output is bounded by `max_output`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+# After the leader exits, how long a grandchild that still holds stdout may go on
+# writing before the response is sent without it and the group is swept.
+STRAY_OUTPUT_GRACE = 0.1
+READ_SIZE = 256 * 1024
+
+# Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
+# exec: give the function the defaults, as subprocess's restore_signals does.
+_RESET_SIGNALS = tuple(
+    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
+)
+_HAS_PIDFD = hasattr(os, "pidfd_open")
+
+
+class SpawnError(OSError):
+    """The function could not be started (missing, not executable, no resources)."""
+
+
+@dataclass(slots=True)
+class Exit:
+    """How a function ended."""
+
+    code: int | None  # exit status; None when ended by a signal
+    signal: int | None
+    output: list[bytes]
+    output_size: int
+    overflowed: bool  # output passed max_output and was dropped
+    stopped_for: str | None  # why the gateway stopped it, if it did
+    duration: float  # seconds from spawn to exit
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and self.stopped_for is None and not self.overflowed
+
+    @property
+    def status_label(self) -> str:
+        """`0`..`255` or a signal name: bounded, for a metric label."""
+        if self.signal is not None:
+            return signal_name(self.signal)
+        return str(self.code)
+
+    def describe(self) -> str:
+        """Like Go's *exec.ExitError: `exit status 3`, `signal: killed (SIGKILL)`."""
+        if self.signal is not None:
+            return f"signal: {signal_text(self.signal)} ({signal_name(self.signal)})"
+        return f"exit status {self.code}"
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def signal_text(number: int) -> str:
+    return (signal.strsignal(number) or signal_name(number)).lower()
+
+
+class FunctionProcess:
+    """One running function. Created by `spawn`; ends in `Exit` once reaped."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pid: int,
+        stdin_fd: int,
+        stdout_fd: int,
+        *,
+        max_output: int,
+        kill_grace: float,
+    ) -> None:
+        self.pid = pid
+        self._loop = loop
+        self._stdin_fd = stdin_fd
+        self._stdout_fd = stdout_fd
+        self._max_output = max_output
+        self._kill_grace = kill_grace
+        self._started = time.monotonic()
+        self._output: list[bytes] = []
+        self._output_size = 0
+        self._overflowed = False
+        self._stopped_for: str | None = None
+        self._status: tuple[int | None, int | None] | None = None  # (code, signal)
+        self._exit_time = 0.0
+        self._timers: list[asyncio.TimerHandle] = []
+        self._writable: asyncio.Future[None] | None = None
+        self._pidfd = -1
+        self._exit: Exit | None = None
+        self._reaped: asyncio.Future[None] | None = None  # made on the first wait()
+        self._callbacks: list[Callable[[Exit], None]] = []
+        loop.add_reader(stdout_fd, self._on_output)
+        self._watch_exit()
+
+    # --- public ------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self._exit is not None
+
+    @property
+    def stdin_open(self) -> bool:
+        return self._stdin_fd >= 0
+
+    async def write(self, data: bytes | memoryview) -> bool:
+        """Write to the function's stdin, waiting while the pipe is full.
+
+        False when the function no longer reads (closed stdin, exited, stopped):
+        the caller stops sending, as the Go watchdog ignores that write error.
+        """
+        view = memoryview(data)
+        while view:
+            if self._stdin_fd < 0:
+                return False
+            try:
+                written = os.write(self._stdin_fd, view)
+            except BlockingIOError:
+                await self._wait_writable()
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_stdin()
+                return False
+            view = view[written:]
+        return True
+
+    def close_stdin(self) -> None:
+        if self._stdin_fd >= 0:
+            fd, self._stdin_fd = self._stdin_fd, -1
+            if self._writable is not None:
+                self._loop.remove_writer(fd)
+                if not self._writable.done():
+                    self._writable.set_result(None)
+                self._writable = None
+            os.close(fd)
+
+    def stop(self, reason: str) -> None:
+        """End the whole group: SIGTERM now, SIGKILL after the grace. The first
+        reason given is the one reported."""
+        if self._exit is not None:
+            return
+        if self._stopped_for is None:
+            self._stopped_for = reason
+        self.close_stdin()
+        if self._status is not None:
+            self._finish()  # leader gone: only strays remain; sweep them now
+            return
+        self._signal_group(signal.SIGTERM)
+        self._timers.append(self._loop.call_later(self._kill_grace, self._kill))
+
+    async def wait(self) -> Exit:
+        """The Exit, once the group is gone and the leader reaped. Cancelling the
+        wait does not stop the process: call `stop`."""
+        if self._exit is not None:
+            return self._exit
+        if self._reaped is None:
+            self._reaped = self._loop.create_future()
+        await asyncio.shield(self._reaped)
+        assert self._exit is not None
+        return self._exit
+
+    def add_done_callback(self, callback: Callable[[Exit], None]) -> None:
+        if self._exit is not None:
+            callback(self._exit)
+        else:
+            self._callbacks.append(callback)
+
+    # --- exit ----------------------------------------------------------------------
+
+    def _watch_exit(self) -> None:
+        if _HAS_PIDFD:
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSYS, errno.EPERM):
+                    raise
+            else:
+                self._loop.add_reader(self._pidfd, self._on_exit)
+                return
+        # Old kernel: one thread waits for this pid only (never waitpid(-1)).
+        threading.Thread(target=self._wait_in_thread, daemon=True).start()
+
+    def _wait_in_thread(self) -> None:
+        while True:
+            try:
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+        try:
+            self._loop.call_soon_threadsafe(self._on_exit)
+        except RuntimeError:  # loop closed: nothing left to tell
+            pass
+
+    def _on_exit(self) -> None:
+        if self._status is not None:
+            return
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+        info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        if info is None:  # spurious wake-up
+            if self._pidfd >= 0:
+                self._loop.add_reader(self._pidfd, self._on_exit)
+            return
+        self._exit_time = time.monotonic()
+        if info.si_code == os.CLD_EXITED:
+            self._status = (info.si_status, None)
+        else:  # CLD_KILLED, CLD_DUMPED
+            self._status = (None, info.si_status)
+        self.close_stdin()
+        if self._stdout_fd < 0 or self._stopped_for is not None:
+            self._finish()
+        else:
+            self._timers.append(self._loop.call_later(STRAY_OUTPUT_GRACE, self._finish))
+
+    def _finish(self) -> None:
+        if self._exit is not None:
+            return
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        # The leader is a zombie, so the group id is still ours: sweep stragglers.
+        self._signal_group(signal.SIGKILL)
+        self._close_stdout()
+        self.close_stdin()
+        assert self._status is not None, "finished before the exit was seen"
+        os.waitpid(self.pid, 0)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        code, sig = self._status
+        self._exit = Exit(
+            code=code,
+            signal=sig,
+            output=self._output,
+            output_size=self._output_size,
+            overflowed=self._overflowed,
+            stopped_for=self._stopped_for,
+            duration=self._exit_time - self._started,
+        )
+        if self._reaped is not None and not self._reaped.done():
+            self._reaped.set_result(None)
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self._exit)
+
+    def _kill(self) -> None:
+        if self._status is None:
+            self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self._status is None and sig == signal.SIGKILL:
+            # The leader may have left its group (setsid, job control): it is still
+            # our unreaped child, so its pid is safe to signal.
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # --- output ----------------------------------------------------------------------
+
+    def _on_output(self) -> None:
+        try:
+            data = os.read(self._stdout_fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_stdout()
+            if self._status is not None:
+                self._finish()
+            return
+        self._output_size += len(data)
+        if self._output_size > self._max_output:
+            self._overflowed = True
+            self._output = []
+            self._close_stdout()
+            self.stop("overflow")
+            return
+        self._output.append(data)
+
+    def _close_stdout(self) -> None:
+        if self._stdout_fd >= 0:
+            fd, self._stdout_fd = self._stdout_fd, -1
+            self._loop.remove_reader(fd)
+            os.close(fd)
+
+    async def _wait_writable(self) -> None:
+        fd = self._stdin_fd
+        self._writable = self._loop.create_future()
+        self._loop.add_writer(fd, self._on_writable)
+        try:
+            await self._writable
+        finally:
+            if self._stdin_fd == fd and self._writable is not None:
+                self._loop.remove_writer(fd)
+                self._writable = None
+
+    def _on_writable(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    combine_output: bool,
+    max_output: int,
+    kill_grace: float,
+) -> FunctionProcess:
+    """Start `argv` with `env`; its stdin and stdout (and stderr when
+    `combine_output`, else the gateway's stderr) are pipes. Raises SpawnError."""
+    loop = asyncio.get_running_loop()
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    actions = [
+        (os.POSIX_SPAWN_DUP2, stdin_r, 0),
+        (os.POSIX_SPAWN_DUP2, stdout_w, 1),
+    ]
+    if combine_output:
+        actions.append((os.POSIX_SPAWN_DUP2, stdout_w, 2))
+    try:
+        pid = os.posix_spawnp(
+            argv[0], list(argv), env,
+            file_actions=actions,
+            setpgroup=0,
+            setsigdef=_RESET_SIGNALS,
+            setsigmask=(),
+        )
+    except OSError as exc:
+        for fd in (stdin_w, stdout_r):
+            os.close(fd)
+        raise SpawnError(exc.errno, f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    finally:
+        os.close(stdin_r)
+        os.close(stdout_w)
+    os.set_blocking(stdin_w, False)
+    os.set_blocking(stdout_r, False)
+    return FunctionProcess(
+        loop, pid, stdin_w, stdout_r, max_output=max_output, kill_grace=kill_grace
+    )
+
+
+class OrphanReaper:
+    """Reaps what functions leave behind.
+
+    A function's grandchildren outlive it when its group is swept (they are
+    killed, then orphaned) or when they escape the group. The gateway makes itself
+    their subreaper (and is their reaper anyway when it runs as PID 1 in a
+    container), so they come back to it as children: this sweeps them by pid,
+    never with waitpid(-1), which would steal the exits of tracked functions.
+    """
+
+    INTERVAL = 2.0  # for orphans that end on their own, long after their request
+    SOON = 0.2  # after a sweep with SIGKILL: long enough for the victims to die
+
+    def __init__(self, is_tracked: Callable[[int], bool]) -> None:
+        self._is_tracked = is_tracked
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._periodic: asyncio.TimerHandle | None = None
+        self._soon: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        _set_child_subreaper()
+        self._periodic = self._loop.call_later(self.INTERVAL, self._tick)
+
+    def soon(self) -> None:
+        if self._loop is not None and self._soon is None:
+            self._soon = self._loop.call_later(self.SOON, self._sweep_soon)
+
+    async def stop(self) -> None:
+        """At shutdown no function is tracked any more: whatever child is left
+        escaped its group (setsid, a daemon). End it and reap it."""
+        for handle in (self._periodic, self._soon):
+            if handle is not None:
+                handle.cancel()
+        self._periodic = self._soon = None
+        for _ in range(50):
+            survivors = [pid for pid in _children() if not self._is_tracked(pid)]
+            if not survivors:
+                break
+            for pid in survivors:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.02)
+            self.sweep()
+        self._loop = None
+
+    def sweep(self) -> int:
+        """Reap every exited child that no FunctionProcess owns; returns how many."""
+        reaped = 0
+        for pid in _children():
+            if self._is_tracked(pid):
+                continue
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            reaped += done == pid
+        return reaped
+
+    def _tick(self) -> None:
+        self.sweep()
+        if self._loop is not None:
+            self._periodic = self._loop.call_later(self.INTERVAL, self._tick)
+
+    def _sweep_soon(self) -> None:
+        self._soon = None
+        self.sweep()
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(pid) for pid in f.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def _set_child_subreaper() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to init, as with the Go watchdog

@@ -1,0 +1,303 @@
+"""The HTTP layer: routes, health and readiness, metrics listener, and the
+lifecycle `start -> serve -> drain -> stop` of a `Watchdog`.
+
+Everything that decides what happens to a request lives in the executor; this
+module only translates between aiohttp and it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from watchdog import cgi
+from watchdog.config import Config
+from watchdog.executor import Executor, Result
+from watchdog.limiter import Limiter
+from watchdog.logs import FIELDS
+from watchdog.metrics import Metrics
+
+log = logging.getLogger("watchdog")
+
+# The methods the Go watchdog forks for (it answers 405 to the rest), plus PATCH.
+FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "UPDATE"})
+# Client closed the connection before the answer (nginx's convention), for
+# metrics and logs only: nobody receives it.
+CLIENT_CLOSED = 499
+# marshal_request must hold the body; without max_body_bytes, this bounds it.
+MARSHAL_BODY_CAP = 64 * 2**20
+
+
+class Watchdog:
+    """The gateway. `serve()` runs until `request_shutdown()` (a signal, or a test)."""
+
+    def __init__(
+        self,
+        config: Config,
+        environ: Mapping[str, str],
+        *,
+        registry: CollectorRegistry | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        self.config = config
+        self.environ = dict(environ)  # the function's base environment
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.limiter = Limiter(config.max_inflight)
+        self.metrics = Metrics(self.registry, max_inflight=config.max_inflight,
+                               inflight=lambda: self.limiter.inflight)
+        self.executor = Executor(config, self.limiter, self.metrics)
+        self.accepting = False
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._handle_signals = handle_signals
+        self._should_exit = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second signal: skip the waits
+        self._requests = 0  # function requests being handled
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._runners: list[web.AppRunner] = []
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def serve(self) -> None:
+        await self.start()
+        try:
+            await self._should_exit.wait()
+        finally:
+            await self.drain()
+            await self.stop()
+
+    def request_shutdown(self) -> None:
+        """Record a shutdown request; the work happens in `serve`."""
+        if self._should_exit.is_set():
+            log.warning("second shutdown request: ending running functions now")
+            self._hurry.set()
+        self._should_exit.set()
+
+    async def start(self) -> None:
+        config = self.config
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_shutdown)
+        self.executor.reaper.start()
+        function_app = web.Application(handler_args={"max_field_size": 16384})
+        function_app.router.add_get("/_/health", self._health, allow_head=False)
+        function_app.router.add_get("/_/ready", self._ready, allow_head=False)
+        function_app.router.add_route("*", "/{tail:.*}", self._function)
+        self.addresses["function"] = await self._listen(
+            function_app, config.bind_address, config.port, handler_cancellation=True)
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", self._metrics)
+        self.addresses["metrics"] = await self._listen(
+            metrics_app, config.metrics_bind_address, config.metrics_port)
+        if not config.suppress_lock:
+            with open(config.lock_path, "w"):
+                pass
+        self.accepting = True
+        log.info("listening", extra={FIELDS: {
+            "address": _show(self.addresses["function"]),
+            "metrics_address": _show(self.addresses["metrics"]),
+            "fprocess": " ".join(config.fprocess),
+            "max_inflight": config.max_inflight,
+        }})
+
+    async def drain(self) -> None:
+        """The Go watchdog's sequence: unhealthy -> keep serving for
+        healthcheck_interval -> stop accepting and wait for in-flight requests up to
+        write_timeout -> end what is left, whole process groups."""
+        config = self.config
+        self.accepting = False
+        self._remove_lock()
+        log.info("shutting down", extra={FIELDS: {
+            "healthcheck_interval": config.healthcheck_interval,
+            "drain_timeout": config.write_timeout,
+            "inflight": self._requests,
+        }})
+        await self._wait_unless_hurried(asyncio.sleep(config.healthcheck_interval))
+        if self._runners:
+            function_runner = self._runners[0]
+            for site in list(function_runner.sites):
+                await site.stop()  # closes the listening socket only
+            if function_runner.server is not None:
+                function_runner.server.pre_shutdown()  # close idle keep-alives
+        drained = await self._wait_unless_hurried(
+            self._idle.wait(), timeout=config.write_timeout or None)
+        if not drained and self._requests:
+            log.warning("drain deadline passed: ending running functions",
+                        extra={FIELDS: {"inflight": self._requests}})
+        # Whatever is still running gets a 503 once its group is gone.
+        self.executor.stop_all("shutdown")
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        self.executor.stop_all("shutdown")  # functions of clients that hung up
+        await self.executor.wait_all()
+        await self.executor.reaper.stop()
+        self._remove_lock()
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+    # --- handlers ----------------------------------------------------------------------
+
+    async def _function(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        method = request.method
+        if method not in FUNCTION_METHODS:
+            return web.Response(status=405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))})
+        executor = self.executor
+        result: Result | None
+        if self.limiter.at_capacity:
+            result = executor.rejected()  # at once: no env, no body, no fork
+        else:
+            result = executor.reject_body_size(request.content_length)
+        if result is None:
+            self._requests += 1
+            self._idle.clear()
+            try:
+                body = await self._body(request)
+                if isinstance(body, Result):
+                    result = body
+                else:
+                    result = await executor.invoke(self._environment(request), body, started)
+            except asyncio.CancelledError:
+                self._account(request, CLIENT_CLOSED, loop.time() - started, None)
+                raise
+            finally:
+                self._requests -= 1
+                if not self._requests:
+                    self._idle.set()
+        duration = loop.time() - started
+        headers = result.headers
+        if result.exit is not None:
+            headers["X-Duration-Seconds"] = f"{duration:f}"
+            if result.status == 200:
+                content_type = self.config.content_type or request.headers.get("Content-Type")
+                if content_type:
+                    headers["Content-Type"] = content_type
+        chunks = result.body
+        response = web.Response(
+            status=result.status,
+            body=chunks[0] if len(chunks) == 1 else b"".join(chunks),
+            headers=headers,
+        )
+        self._account(request, result.status, duration, result)
+        return response
+
+    async def _body(self, request: web.Request) -> AsyncIterator[bytes] | Result:
+        if not self.config.marshal_request:
+            return request.content.iter_any()
+        cap = self.config.max_body_bytes or MARSHAL_BODY_CAP
+        raw = bytearray()
+        async for chunk in request.content.iter_any():
+            raw += chunk
+            if len(raw) > cap:
+                return Result.text(413, f"Request body larger than {cap} bytes "
+                                   "(marshal_request holds the whole body).")
+        payload = cgi.marshal_request(request.headers.items(), bytes(raw))
+        return _single(payload)
+
+    def _environment(self, request: web.Request) -> Mapping[str, str]:
+        if not self.config.cgi_headers:
+            return self.environ
+        transfer_encoding = request.headers.get("Transfer-Encoding")
+        content_length = request.content_length
+        if content_length is None:
+            content_length = -1 if transfer_encoding else 0
+        return cgi.function_environment(
+            self.environ,
+            method=request.method,
+            path=request.path,
+            raw_query=request.rel_url.raw_query_string,
+            host=request.host,
+            headers=request.headers.items(),
+            content_length=content_length,
+            transfer_encoding=transfer_encoding,
+        )
+
+    def _account(self, request: web.Request, status: int, duration: float,
+                 result: Result | None) -> None:
+        self.metrics.observe_request(status, request.method, duration)
+        if log.isEnabledFor(logging.INFO):
+            exit = result.exit if result is not None else None
+            log.info("request", extra={FIELDS: {
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration": f"{duration:.6f}",
+                "inflight": self.limiter.inflight,
+                "exit_status": exit.status_label if exit is not None else "-",
+            }})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        healthy = self.accepting and (
+            self.config.suppress_lock or os.path.exists(self.config.lock_path))
+        if healthy:
+            return web.Response(text="OK")
+        return web.Response(status=503)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        if not self.accepting:
+            return web.Response(status=503)
+        if self.limiter.at_capacity:
+            return web.Response(status=429)
+        return web.Response(text="OK")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _listen(self, app: web.Application, host: str, port: int,
+                      **handler_args: bool) -> tuple[str, int]:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **handler_args)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host or None, port, reuse_address=True, backlog=1024)
+        await site.start()
+        sockname = runner.addresses[-1]
+        return str(sockname[0]), int(sockname[1])
+
+    async def _wait_unless_hurried(self, waiting: Coroutine[Any, Any, Any],
+                                   timeout: float | None = None) -> bool:
+        """Await `waiting` unless a second signal comes first or `timeout` passes;
+        True if it finished."""
+        task = asyncio.ensure_future(waiting)
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        done, _ = await asyncio.wait({task, hurry}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, hurry):
+            pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(task, hurry, return_exceptions=True)
+        return task in done
+
+    def _remove_lock(self) -> None:
+        if not self.config.suppress_lock:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.config.lock_path)
+
+
+async def _single(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
+
+
+def _show(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
