@@ -11,8 +11,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -129,7 +130,5 @@ def _protect_descriptors() -> None:
         return
     for fd in inherited:
         if fd > 2:
-            try:
+            with contextlib.suppress(OSError):  # the listing's own, already closed
                 os.set_inheritable(fd, False)
-            except OSError:
-                pass  # the directory's own descriptor, already closed

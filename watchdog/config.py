@@ -32,7 +32,8 @@ class _Invalid(ValueError):
 
 # --- parsers: raw text -> typed value, or _Invalid --------------------------------
 
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
+             "s": 1.0, "m": 60.0, "h": 3600.0}
 _GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -175,7 +176,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bind_address", ("WATCHDOG_BIND_ADDRESS",), "", parse_address,
             "an IP address or host name; empty for all interfaces",
             "address to listen on (empty: all interfaces, like fwatchdog)"),
-    Setting("metrics_port", ("WATCHDOG_METRICS_PORT", "metrics_port"), "8081", parse_port,
+    Setting("metrics_port", ("WATCHDOG_METRICS_PORT",), "8081", parse_port,
             "a port number 0-65535 (0: any free port)", "port for GET /metrics"),
     Setting("metrics_bind_address", ("WATCHDOG_METRICS_BIND_ADDRESS",), None, parse_address,
             "an IP address or host name; empty for all interfaces",
@@ -209,17 +210,17 @@ SETTINGS: tuple[Setting, ...] = (
             "pass request headers to the function as Http_* variables"),
     Setting("suppress_lock", ("WATCHDOG_SUPPRESS_LOCK", "suppress_lock"), "false", parse_bool,
             BOOL, "do not write the lock file $TMPDIR/.lock (health then follows shutdown only)"),
-    Setting("max_body_bytes", ("WATCHDOG_MAX_BODY_BYTES", "max_body_bytes"), "0", parse_size,
+    Setting("max_body_bytes", ("WATCHDOG_MAX_BODY_BYTES",), "0", parse_size,
             SIZE + " (0: no limit)",
             "largest request body; more gets 413 (before any fork when Content-Length says so)"),
-    Setting("max_output_bytes", ("WATCHDOG_MAX_OUTPUT_BYTES", "max_output_bytes"), "64Mi",
+    Setting("max_output_bytes", ("WATCHDOG_MAX_OUTPUT_BYTES",), "64Mi",
             parse_size, SIZE, "largest function output held for a response; more gets 500, "
             "group killed"),
     Setting("kill_grace", ("WATCHDOG_KILL_GRACE",), "2s", parse_duration, DURATION,
             "time between SIGTERM and SIGKILL when a function's group is stopped"),
     Setting("log_level", ("WATCHDOG_LOG_LEVEL",), "INFO", parse_log_level,
             "one of " + ", ".join(LOG_LEVELS), "least severe log level written to stderr"),
-    Setting("loop", ("WATCHDOG_LOOP",), "asyncio", parse_loop, "one of " + ", ".join(LOOPS),
+    Setting("loop", ("WATCHDOG_LOOP",), "uvloop", parse_loop, "one of " + ", ".join(LOOPS),
             "event loop implementation"),
 )
 
@@ -315,3 +316,7 @@ def settings_markdown() -> str:
         names = ", ".join(f"`{v}`" for v in s.variables)
         lines.append(f"| `{s.flag}` | {names} | `{default_text(s)}` | {s.meaning} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m watchdog.config: the README's table
+    print(settings_markdown(), end="")

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OPENFAAS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Function run times go further: OSCAR services run for minutes.
-FUNCTION_BUCKETS = OPENFAAS_BUCKETS + (30.0, 60.0, 120.0, 300.0, 600.0)
+FUNCTION_BUCKETS = (*OPENFAAS_BUCKETS, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:

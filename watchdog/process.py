@@ -125,10 +125,6 @@ class FunctionProcess:
     def finished(self) -> bool:
         return self._exit is not None
 
-    @property
-    def stdin_open(self) -> bool:
-        return self._stdin_fd >= 0
-
     async def write(self, data: bytes | memoryview) -> bool:
         """Write to the function's stdin, waiting while the pipe is full.
 
@@ -165,12 +161,13 @@ class FunctionProcess:
         reason given is the one reported."""
         if self._exit is not None:
             return
-        if self._stopped_for is None:
-            self._stopped_for = reason
         self.close_stdin()
         if self._status is not None:
-            self._finish()  # leader gone: only strays remain; sweep them now
+            # The function ended on its own; only strays may remain: sweep them.
+            self._finish()
             return
+        if self._stopped_for is None:
+            self._stopped_for = reason
         self._signal_group(signal.SIGTERM)
         self._timers.append(self._loop.call_later(self._kill_grace, self._kill))
 
@@ -215,10 +212,8 @@ class FunctionProcess:
                 continue
             except ChildProcessError:
                 break
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed: nothing left to tell
             self._loop.call_soon_threadsafe(self._on_exit)
-        except RuntimeError:  # loop closed: nothing left to tell
-            pass
 
     def _on_exit(self) -> None:
         if self._status is not None:
@@ -277,17 +272,13 @@ class FunctionProcess:
             self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
         if self._status is None and sig == signal.SIGKILL:
             # The leader may have left its group (setsid, job control): it is still
             # our unreaped child, so its pid is safe to signal.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     # --- output ----------------------------------------------------------------------
 

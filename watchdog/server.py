@@ -129,7 +129,7 @@ class Watchdog:
             if function_runner.server is not None:
                 function_runner.server.pre_shutdown()  # close idle keep-alives
         drained = await self._wait_unless_hurried(
-            self._idle.wait(), timeout=config.write_timeout or None)
+            self._idle.wait(), within=config.write_timeout or None)
         if not drained and self._requests:
             log.warning("drain deadline passed: ending running functions",
                         extra={FIELDS: {"inflight": self._requests}})
@@ -264,9 +264,10 @@ class Watchdog:
 
     # --- helpers ---------------------------------------------------------------------
 
-    async def _listen(self, app: web.Application, host: str, port: int,
-                      **handler_args: bool) -> tuple[str, int]:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **handler_args)
+    async def _listen(self, app: web.Application, host: str, port: int, *,
+                      handler_cancellation: bool = False) -> tuple[str, int]:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                               handler_cancellation=handler_cancellation)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host or None, port, reuse_address=True, backlog=1024)
@@ -275,12 +276,12 @@ class Watchdog:
         return str(sockname[0]), int(sockname[1])
 
     async def _wait_unless_hurried(self, waiting: Coroutine[Any, Any, Any],
-                                   timeout: float | None = None) -> bool:
-        """Await `waiting` unless a second signal comes first or `timeout` passes;
-        True if it finished."""
+                                   within: float | None = None) -> bool:
+        """Await `waiting` unless a second signal comes first or `within` seconds
+        pass; True if it finished."""
         task = asyncio.ensure_future(waiting)
         hurry = asyncio.ensure_future(self._hurry.wait())
-        done, _ = await asyncio.wait({task, hurry}, timeout=timeout,
+        done, _ = await asyncio.wait({task, hurry}, timeout=within,
                                      return_when=asyncio.FIRST_COMPLETED)
         for pending in (task, hurry):
             pending.cancel()

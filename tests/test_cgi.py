@@ -1,0 +1,70 @@
+"""Request facts -> Http_* variables, as the Go watchdog's getAdditionalEnvs."""
+
+from __future__ import annotations
+
+import json
+from base64 import b64decode
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watchdog.cgi import function_environment, marshal_request, variable_for
+
+
+def env_for(headers: list[tuple[str, str]], **overrides: object) -> dict[str, str]:
+    facts: dict[str, object] = {
+        "method": "POST", "path": "/p", "raw_query": "", "host": "h:1",
+        "headers": headers, "content_length": 3, "transfer_encoding": None,
+    }
+    facts.update(overrides)
+    return function_environment({"BASE": "1"}, **facts)  # type: ignore[arg-type]
+
+
+def test_header_names_are_canonicalised() -> None:
+    assert variable_for("x-custom-header") == "Http_X_Custom_Header"
+    assert variable_for("CONTENT-TYPE") == "Http_Content_Type"
+    assert variable_for("x_under") == "Http_X_under"  # Go upper-cases only after '-'
+    assert variable_for("X.Dot") is None
+    assert variable_for("a=b") is None
+    assert variable_for("Host") is None
+    assert variable_for("Transfer-Encoding") is None
+
+
+def test_first_value_wins_and_explicit_variables_cannot_be_forged() -> None:
+    env = env_for([("X-A", "1"), ("x-a", "2"), ("Method", "GET"), ("Path", "/evil"),
+                   ("Content-Length", "999")])
+    assert env["Http_X_A"] == "1"
+    assert env["Http_Method"] == "POST"
+    assert env["Http_Path"] == "/p"
+    assert env["Http_Content_Length"] == env["Http_ContentLength"] == "3"
+    assert env["BASE"] == "1"
+    assert "Http_Query" not in env
+
+
+def test_query_and_transfer_encoding_only_when_present() -> None:
+    env = env_for([], raw_query="a=1&b=%20", transfer_encoding="chunked", content_length=-1)
+    assert env["Http_Query"] == "a=1&b=%20"
+    assert env["Http_Transfer_Encoding"] == "chunked"
+    assert env["Http_ContentLength"] == "-1"
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=12), st.text(max_size=12)),
+                max_size=8))
+def test_no_injection_through_header_names_or_values(headers: list[tuple[str, str]]) -> None:
+    env = env_for(headers)
+    for key, value in env.items():
+        assert "=" not in key
+        assert "\0" not in key
+        assert "\n" not in key
+        assert "\0" not in value
+        if key.startswith("Http_"):
+            assert key[5:].replace("_", "").isalnum()
+            assert key.isascii()
+
+
+def test_marshal_request_matches_go_json() -> None:
+    raw = marshal_request([("x-a", "1"), ("X-A", "2"), ("Host", "h")], b"\x00body")
+    document = json.loads(raw)
+    assert document == {"header": {"X-A": ["1", "2"]},
+                        "body": {"raw": "AGJvZHk="}}
+    assert b64decode(document["body"]["raw"]) == b"\x00body"

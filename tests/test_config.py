@@ -1,0 +1,118 @@
+"""The settings table -> Config: defaults, precedence, syntax, and named errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watchdog.config import SETTINGS, Config, ConfigError, parse_duration, parse_size
+
+BASE = {"fprocess": "cat"}
+
+
+def test_defaults_match_the_go_watchdog() -> None:
+    config = Config.from_env(BASE)
+    assert config.fprocess == ("cat",)
+    assert (config.port, config.metrics_port, config.bind_address) == (8080, 8081, "")
+    assert (config.read_timeout, config.write_timeout, config.exec_timeout) == (30, 30, 0)
+    assert config.max_inflight == 0
+    assert config.healthcheck_interval == config.write_timeout
+    assert (config.write_debug, config.combine_output, config.marshal_request) == (
+        False, True, False)
+    assert (config.suppress_lock, config.cgi_headers, config.content_type) == (False, True, "")
+    assert config.lock_path == "/tmp/.lock"
+
+
+def test_precedence_flag_then_watchdog_name_then_openfaas_name() -> None:
+    env = {**BASE, "max_inflight": "1", "WATCHDOG_MAX_INFLIGHT": "2"}
+    assert Config.from_env({**BASE, "max_inflight": "1"}).max_inflight == 1
+    assert Config.from_env(env).max_inflight == 2
+    assert Config.from_env(env, {"max_inflight": "3"}).max_inflight == 3
+
+
+def test_command_after_double_dash_wins_and_is_not_split() -> None:
+    config = Config.from_env({"fprocess": "cat"}, command=("sh", "-c", "echo a b"))
+    assert config.fprocess == ("sh", "-c", "echo a b")
+    assert Config.from_env({"fprocess": "python3  index.py"}).fprocess == (
+        "python3", "index.py")
+
+
+def test_empty_variable_counts_as_unset_except_fprocess() -> None:
+    assert Config.from_env({**BASE, "WATCHDOG_MAX_INFLIGHT": "", "max_inflight": "4"}
+                           ).max_inflight == 4
+    with pytest.raises(ConfigError, match=r"fprocess=''"):
+        Config.from_env({"fprocess": ""})
+
+
+def test_healthcheck_interval_follows_write_timeout_unless_set() -> None:
+    assert Config.from_env({**BASE, "write_timeout": "1m"}).healthcheck_interval == 60
+    assert Config.from_env({**BASE, "write_timeout": "1m",
+                            "healthcheck_interval": "5"}).healthcheck_interval == 5
+    config = Config.from_env({**BASE, "WATCHDOG_BIND_ADDRESS": "127.0.0.1"})
+    assert config.metrics_bind_address == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 30), ("0", 0), ("5s", 5), ("1m30s", 90), ("500ms", 0.5), ("1.5h", 5400),
+    ("2h45m", 9900), ("100us", 1e-4), (" 7s ", 7),
+])
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("0", 0), ("512", 512), ("10k", 10_000), ("10Ki", 10_240), ("64Mi", 64 * 2**20),
+    ("1GiB", 2**30), ("2 MB", 2_000_000),
+])
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"WATCHDOG_MAX_INFLIGHT": "abc"}, "WATCHDOG_MAX_INFLIGHT='abc'"),
+    ({"WATCHDOG_MAX_INFLIGHT": "-1"}, "WATCHDOG_MAX_INFLIGHT='-1'"),
+    ({"max_inflight": "1.5"}, "max_inflight='1.5'"),
+    ({"exec_timeout": "soon"}, "exec_timeout='soon'"),
+    ({"exec_timeout": "-5s"}, "exec_timeout='-5s'"),
+    ({"read_timeout": "5x"}, "read_timeout='5x'"),
+    ({"port": "70000"}, "port='70000'"),
+    ({"write_debug": "maybe"}, "write_debug='maybe'"),
+    ({"WATCHDOG_MAX_BODY_BYTES": "lots"}, "WATCHDOG_MAX_BODY_BYTES='lots'"),
+    ({"WATCHDOG_LOG_LEVEL": "loud"}, "WATCHDOG_LOG_LEVEL='loud'"),
+    ({"WATCHDOG_BIND_ADDRESS": "not an address"}, "WATCHDOG_BIND_ADDRESS='not an address'"),
+])
+def test_bad_values_name_the_variable_value_and_form(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({**BASE, **env})
+    message = str(caught.value)
+    assert message.startswith(named + ": expected ")
+    assert "\n" not in message
+
+
+def test_missing_fprocess_says_how_to_give_one() -> None:
+    with pytest.raises(ConfigError, match=r"no function to run.*after --"):
+        Config.from_env({})
+
+
+def test_a_bad_flag_is_named_as_a_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^--exec-timeout='x'"):
+        Config.from_env(BASE, {"exec_timeout": "x"})
+
+
+def test_every_setting_is_a_config_field() -> None:
+    fields = set(Config.__dataclass_fields__) - {"lock_path"}
+    assert {s.field for s in SETTINGS} == fields
+
+
+@given(st.text(max_size=20))
+def test_any_text_parses_or_gives_the_named_error(text: str) -> None:
+    for setting in SETTINGS:
+        variable = setting.variables[0]
+        error: ConfigError | None = None
+        try:
+            Config.from_env({**BASE, variable: text})
+        except ConfigError as exc:
+            error = exc
+        if error is not None:
+            assert (error.source, error.value) == (variable, text)

@@ -1,0 +1,143 @@
+"""process.py on its own: real children, no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import process_state, wait_dead
+from watchdog.process import OrphanReaper, SpawnError, spawn
+
+SH = "/bin/sh"
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def run(argv: list[str], **kwargs: object):  # type: ignore[no-untyped-def]
+    options: dict[str, object] = {"combine_output": True, "max_output": 1 << 20,
+                                  "kill_grace": 1.0}
+    options.update(kwargs)
+    return spawn(argv, ENV, **options)  # type: ignore[arg-type]
+
+
+async def test_round_trip_and_exit_status() -> None:
+    proc = run(["cat"])
+    assert await proc.write(b"abc")
+    proc.close_stdin()
+    exit = await proc.wait()
+    assert (exit.code, exit.signal, b"".join(exit.output)) == (0, None, b"abc")
+    assert exit.ok
+    assert exit.describe() == "exit status 0"
+    assert process_state(proc.pid) is None  # reaped
+
+
+async def test_exit_code_and_signal() -> None:
+    exit = await run([SH, "-c", "exit 7"]).wait()
+    assert (exit.code, exit.status_label, exit.describe()) == (7, "7", "exit status 7")
+    exit = await run([SH, "-c", "kill -KILL $$"]).wait()
+    assert (exit.code, exit.signal, exit.status_label) == (None, signal.SIGKILL, "SIGKILL")
+    assert exit.describe() == "signal: killed (SIGKILL)"
+
+
+async def test_spawn_error_names_the_command() -> None:
+    with pytest.raises(SpawnError, match="cannot start '/no/such'"):
+        run(["/no/such"])
+
+
+async def test_function_gets_default_signal_dispositions() -> None:
+    # Python ignores SIGPIPE; a function must not inherit that.
+    exit = await run([SH, "-c", "grep -E '^SigIgn' /proc/self/status"]).wait()
+    ignored = int(b"".join(exit.output).split()[1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1)) == 0
+
+
+async def test_stop_ends_the_group_with_term_then_kill(tmp_path: Path) -> None:
+    script = (f"sh -c 'trap \"\" TERM; echo $$ > {tmp_path}/g; exec sleep 60' & "
+              "trap '' TERM; wait")  # the leader too ignores SIGTERM
+    proc = run([SH, "-c", script], kill_grace=0.5)
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "g").exists() or not (tmp_path / "g").read_text().strip():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    grandchild = int((tmp_path / "g").read_text())
+    started = time.monotonic()
+    proc.stop("exec_timeout")
+    exit = await proc.wait()
+    assert 0.4 < time.monotonic() - started < 3
+    assert exit.stopped_for == "exec_timeout"
+    assert exit.signal == signal.SIGKILL
+    assert wait_dead(grandchild, 3)
+
+
+async def test_output_limit_stops_the_function() -> None:
+    proc = run(["yes"], max_output=10_000)
+    exit = await asyncio.wait_for(proc.wait(), 5)
+    assert exit.overflowed
+    assert exit.stopped_for == "overflow"
+    assert exit.output == []
+    assert not exit.ok
+
+
+async def test_write_waits_for_a_slow_reader_and_gives_up_when_stopped() -> None:
+    proc = run([SH, "-c", "sleep 30"])  # never reads stdin
+    writing = asyncio.ensure_future(proc.write(b"x" * (4 << 20)))
+    await asyncio.sleep(0.3)
+    assert not writing.done()  # blocked on the full pipe: backpressure
+    proc.stop("shutdown")
+    assert await asyncio.wait_for(writing, 5) is False
+    exit = await proc.wait()
+    assert exit.stopped_for == "shutdown"
+
+
+async def test_write_to_a_function_that_closed_stdin_returns_false() -> None:
+    proc = run([SH, "-c", "exec 0<&-; sleep 0.2"])
+    await asyncio.sleep(0.1)
+    assert await proc.write(b"y" * (1 << 20)) is False
+    assert (await proc.wait()).code == 0
+
+
+async def test_stray_holding_stdout_is_cut_off_after_a_short_grace() -> None:
+    started = time.monotonic()
+    exit = await run([SH, "-c", "sleep 30 & echo out"]).wait()
+    assert time.monotonic() - started < 1.5
+    assert b"".join(exit.output) == b"out\n"
+
+
+async def test_no_descriptor_is_left_open() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        proc = run(["cat"])
+        await proc.write(b"z")
+        proc.close_stdin()
+        await proc.wait()
+    proc = run([SH, "-c", "sleep 30"])
+    proc.stop("disconnect")
+    await proc.wait()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_orphan_reaper_collects_what_the_functions_left() -> None:
+    live: set[int] = set()
+    reaper = OrphanReaper(lambda pid: pid in live)
+    reaper.start()
+    try:
+        exit = await run([SH, "-c", "sleep 0.2 & echo $!"]).wait()
+        orphan = int(b"".join(exit.output))
+        # Swept with SIGKILL when its leader exited, it came back to us (the
+        # subreaper) as a child: a zombie until the sweep that the executor asks
+        # for after every exit.
+        deadline = time.monotonic() + 2
+        while process_state(orphan) != "Z":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        stat = Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[1]) == os.getpid()
+        reaper.soon()
+        await asyncio.sleep(0.5)
+        assert process_state(orphan) is None
+    finally:
+        await reaper.stop()
