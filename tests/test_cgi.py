@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from base64 import b64decode
 
 from hypothesis import given
@@ -58,8 +59,7 @@ def test_no_injection_through_header_names_or_values(headers: list[tuple[str, st
         assert "\n" not in key
         assert "\0" not in value
         if key.startswith("Http_"):
-            assert key[5:].replace("_", "").isalnum()
-            assert key.isascii()
+            assert re.fullmatch(r"Http_[A-Za-z0-9_]+", key)
 
 
 def test_marshal_request_matches_go_json() -> None:

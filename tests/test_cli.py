@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,24 @@ def test_healthcheck_follows_the_lock_file(tmp_path: Path) -> None:
     assert fwatchdog("healthcheck", env={"TMPDIR": str(tmp_path)}).returncode == 1
     (tmp_path / ".lock").touch()
     assert fwatchdog("healthcheck", env={"TMPDIR": str(tmp_path)}).returncode == 0
+
+
+def test_port_in_use_stops_startup_with_status_1_and_a_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = fwatchdog("--bind-address", "127.0.0.1", "--port", str(port),
+                           "--metrics-port", "0", "--", "cat",
+                           env={"TMPDIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert "msg=\"cannot start\"" in result.stderr
+    assert "address already in use" in result.stderr.lower()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_unwritable_lock_folder_stops_startup_with_status_1(tmp_path: Path) -> None:
+    result = fwatchdog("--bind-address", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+                       "--", "cat", env={"TMPDIR": str(tmp_path / "missing")})
+    assert result.returncode == 1
+    assert "No such file or directory" in result.stderr

@@ -469,3 +469,39 @@ async def test_second_sigterm_ends_running_functions_with_503(gateway: StartGate
     assert await asyncio.to_thread(gw.proc.wait, 10) == 0
     assert not alive(child)
     assert process_state(grandchild) in (None, "Z", "X")
+
+
+# --- Expect: 100-continue ------------------------------------------------------------------
+
+
+def _read_status_line(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+async def test_expect_100_continue_is_withheld_from_a_refused_upload(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    gw = gateway([SH, str(FUNCTIONS / "sleeper.sh")],
+                 env={"max_inflight": "1", "PIDS_DIR": str(tmp_path), "SLEEP": "2",
+                      "WATCHDOG_MAX_BODY_BYTES": "10Mi"})
+    head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+
+    def ask(length: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(head % length)
+            return _read_status_line(sock)
+
+    assert await asyncio.to_thread(ask, 20 << 20) == b"HTTP/1.1 413 Request Entity Too Large"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as uploader:
+        uploader.sendall(head % 1000)
+        assert _read_status_line(uploader) == b"HTTP/1.1 100 Continue"  # free: come on
+        uploader.sendall(b"x" * 1000)
+        await file_appears(tmp_path / "child")  # that one holds the only slot now...
+        busy = await asyncio.to_thread(ask, 5 << 20)
+        assert busy == b"HTTP/1.1 429 Too Many Requests"  # ...so no invitation to upload

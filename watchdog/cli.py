@@ -13,11 +13,12 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from watchdog import __version__, logs
-from watchdog.config import SETTINGS, Config, ConfigError, default_text
+from watchdog.config import SETTINGS, Config, ConfigError, default_text, lock_path
 from watchdog.server import Watchdog
 
 PROG = "fwatchdog"
 EXIT_CONFIG = 2  # as argparse's usage errors
+EXIT_START = 1
 
 log = logging.getLogger("watchdog")
 
@@ -79,8 +80,7 @@ def main(argv: Sequence[str] | None = None,
 
 
 def healthcheck(environ: Mapping[str, str]) -> int:
-    lock = (environ.get("TMPDIR") or "/tmp").rstrip("/") + "/.lock"
-    return 0 if os.path.exists(lock) else 1
+    return 0 if os.path.exists(lock_path(environ)) else 1
 
 
 def serve(config: Config, environ: Mapping[str, str]) -> int:
@@ -89,19 +89,14 @@ def serve(config: Config, environ: Mapping[str, str]) -> int:
     if shutil.which(config.fprocess[0], path=environ.get("PATH")) is None:
         log.warning("fprocess not found or not executable; requests will get 500",
                     extra={logs.FIELDS: {"fprocess": config.fprocess[0]}})
+    watchdog = Watchdog(config, environ, handle_signals=True)
     with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
-        watchdog = runner.run(_create(config, environ))
         try:
             runner.run(watchdog.serve())
-        except OSError as exc:  # the listening socket: in use, no permission
-            log.error("cannot listen", extra={logs.FIELDS: {"error": str(exc)}})
-            return 1
+        except OSError as exc:  # a port in use, no permission, no lock file folder
+            log.error("cannot start", extra={logs.FIELDS: {"error": str(exc)}})
+            return EXIT_START
     return 0
-
-
-async def _create(config: Config, environ: Mapping[str, str]) -> Watchdog:
-    # Made inside the loop: its events and futures belong to it.
-    return Watchdog(config, environ, handle_signals=True)
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -287,8 +287,7 @@ class Config:
         for setting in SETTINGS:
             if setting.field not in values:
                 values[setting.field] = values[setting.fallback]
-        tmpdir = environ.get("TMPDIR") or "/tmp"
-        return cls(**values, lock_path=tmpdir.rstrip("/") + "/.lock")
+        return cls(**values, lock_path=lock_path(environ))
 
 
 def _lookup(setting: Setting, environ: Mapping[str, str],
@@ -301,6 +300,11 @@ def _lookup(setting: Setting, environ: Mapping[str, str],
         if raw is not None and (raw != "" or setting.field == "fprocess"):
             return name, raw
     return "", None
+
+
+def lock_path(environ: Mapping[str, str]) -> str:
+    """Where the Go watchdog writes its lock file: os.TempDir()/.lock."""
+    return (environ.get("TMPDIR") or "/tmp").rstrip("/") + "/.lock"
 
 
 def default_text(setting: Setting) -> str:

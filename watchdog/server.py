@@ -15,7 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from watchdog import cgi
@@ -32,6 +32,10 @@ FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "UPDATE"}
 # Client closed the connection before the answer (nginx's convention), for
 # metrics and logs only: nobody receives it.
 CLIENT_CLOSED = 499
+# At the end of a drain, how long answers already decided may take to be written.
+WRITE_OUT_GRACE = 5.0
+# Set on a request whose `Expect: 100-continue` was not answered with 100.
+CONTINUE_WITHHELD = "watchdog.continue_withheld"
 # marshal_request must hold the body; without max_body_bytes, this bounds it.
 MARSHAL_BODY_CAP = 64 * 2**20
 
@@ -67,7 +71,11 @@ class Watchdog:
     # --- lifecycle ---------------------------------------------------------------
 
     async def serve(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # whatever did start: listeners, the reaper
+            raise
         try:
             await self._should_exit.wait()
         finally:
@@ -91,7 +99,8 @@ class Watchdog:
         function_app = web.Application(handler_args={"max_field_size": 16384})
         function_app.router.add_get("/_/health", self._health, allow_head=False)
         function_app.router.add_get("/_/ready", self._ready, allow_head=False)
-        function_app.router.add_route("*", "/{tail:.*}", self._function)
+        function_app.router.add_route("*", "/{tail:.*}", self._function,
+                                      expect_handler=self._expect)
         self.addresses["function"] = await self._listen(
             function_app, config.bind_address, config.port, handler_cancellation=True)
         metrics_app = web.Application()
@@ -133,9 +142,12 @@ class Watchdog:
         if not drained and self._requests:
             log.warning("drain deadline passed: ending running functions",
                         extra={FIELDS: {"inflight": self._requests}})
-        # Whatever is still running gets a 503 once its group is gone.
+        # Whatever is still running gets a 503 once its group is gone. A handler
+        # still waiting for a slow client's body is cancelled by the cleanup.
         self.executor.stop_all("shutdown")
-        await self._idle.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(config.kill_grace + WRITE_OUT_GRACE):
+                await self._idle.wait()
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):
@@ -165,6 +177,9 @@ class Watchdog:
             result = executor.rejected()  # at once: no env, no body, no fork
         else:
             result = executor.reject_body_size(request.content_length)
+        if result is not None and request.get(CONTINUE_WITHHELD):
+            # The client still holds its body: do not wait for it on this connection.
+            result.headers["Connection"] = "close"
         if result is None:
             self._requests += 1
             self._idle.clear()
@@ -177,6 +192,10 @@ class Watchdog:
             except asyncio.CancelledError:
                 self._account(request, CLIENT_CLOSED, loop.time() - started, None)
                 raise
+            except Exception:
+                # A bug of ours must not take the gateway down, nor go unanswered.
+                log.exception("request failed")
+                result = Result.text(500, "Gateway error: see the gateway's log.")
             finally:
                 self._requests -= 1
                 if not self._requests:
@@ -189,13 +208,18 @@ class Watchdog:
                 content_type = self.config.content_type or request.headers.get("Content-Type")
                 if content_type:
                     headers["Content-Type"] = content_type
-        chunks = result.body
-        response = web.Response(
-            status=result.status,
-            body=chunks[0] if len(chunks) == 1 else b"".join(chunks),
-            headers=headers,
-        )
         self._account(request, result.status, duration, result)
+        chunks = result.body
+        if len(chunks) <= 1:
+            return web.Response(status=result.status, body=chunks[0] if chunks else None,
+                                headers=headers)
+        # A large output arrived in pieces: send them as they are, not joined.
+        response = web.StreamResponse(status=result.status, headers=headers)
+        response.content_length = sum(len(chunk) for chunk in chunks)
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
         return response
 
     async def _body(self, request: web.Request) -> AsyncIterator[bytes] | Result:
@@ -243,6 +267,21 @@ class Watchdog:
                 "exit_status": exit.status_label if exit is not None else "-",
             }})
 
+    async def _expect(self, request: web.Request) -> None:
+        """`Expect: 100-continue`: invite the body only if it will be used, so that a
+        client refused with 429 or 413 never uploads it (curl asks for bodies over
+        1 MiB, as OSCAR's base64 inputs are)."""
+        expect = request.headers.get("Expect", "").lower()
+        if request.version != HttpVersion11:
+            return
+        if expect != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        if self.limiter.at_capacity or self.executor.reject_body_size(request.content_length):
+            request[CONTINUE_WITHHELD] = True
+            return
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response
+
     async def _health(self, request: web.Request) -> web.Response:
         healthy = self.accepting and (
             self.config.suppress_lock or os.path.exists(self.config.lock_path))
@@ -266,7 +305,7 @@ class Watchdog:
 
     async def _listen(self, app: web.Application, host: str, port: int, *,
                       handler_cancellation: bool = False) -> tuple[str, int]:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=WRITE_OUT_GRACE,
                                handler_cancellation=handler_cancellation)
         await runner.setup()
         self._runners.append(runner)
