@@ -6,7 +6,7 @@ PORT ?= 8080
 METRICS_PORT ?= 8081
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint check bench bench-smoke clean
+.PHONY: setup run run-oscar test lint check bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,14 @@ run: setup
 	$(BIN)/fwatchdog --bind-address 127.0.0.1 --port $(PORT) --metrics-port $(METRICS_PORT) \
 		--healthcheck-interval 0 -- /bin/sh examples/$(FUNCTION).sh
 
+run-oscar: setup
+	@echo "fwatchdog in OSCAR mode: service 'say', token 'demo', http://127.0.0.1:$(PORT)/run/say"
+	@echo "  $(BIN)/fwatchdog run say --text-input 'hello oscar' --token demo"
+	@echo "  echo -n 'hello oscar' | base64 | curl -s -H 'Authorization: Bearer demo' -d @- http://127.0.0.1:$(PORT)/run/say | base64 -d"
+	WATCHDOG_MODE=oscar OSCAR_SERVICE_NAME=say OSCAR_SERVICE_TOKEN=demo \
+		$(BIN)/fwatchdog --bind-address 127.0.0.1 --port $(PORT) --metrics-port $(METRICS_PORT) \
+		--healthcheck-interval 0 -- /bin/sh examples/oscar/script.sh
+
 test: setup
 	$(BIN)/pytest
 
@@ -36,6 +44,7 @@ check: lint test
 
 bench: setup
 	$(BIN)/python bench/echo.py --write
+	$(BIN)/python bench/oscar.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows, args)
     print(table)
     if args.write:
-        _write_results(table, argv if argv is not None else sys.argv[1:])
+        words = argv if argv is not None else sys.argv[1:]
+        replace_section("Echo throughput", " ".join(["python bench/echo.py", *words]), table)
     return 0 if all(rate.rps > 0 and rate.errors == 0 for _, rate in rows) else 1
 
 
@@ -196,13 +197,12 @@ def _ms(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.1f}"
 
 
-def _write_results(table: str, argv: list[str]) -> None:
+def replace_section(title: str, command: str, table: str) -> None:
+    """Put `table` under `## title` in bench/RESULTS.md, replacing what was there."""
     path = ROOT / "bench" / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = ("## Echo throughput\n\n"
-               f"Command: `python bench/echo.py {' '.join(argv)}`".rstrip() + "\n\n"
-               + table + "\n")
-    start = text.find("## Echo throughput")
+    section = f"## {title}\n\nCommand: `{command}`\n\n{table}\n"
+    start = text.find(f"## {title}\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")

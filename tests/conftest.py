@@ -160,3 +160,5 @@ def gateway(tmp_path: Path) -> Iterator[StartGateway]:
         while gw.survivors() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gw.survivors() == [], "function processes outlived the gateway"
+        # No lock file, no request folder: only the log the fixture keeps there.
+        assert sorted(p.name for p in gw.tmp.iterdir()) == ["gateway.log"]

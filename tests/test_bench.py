@@ -30,3 +30,17 @@ def test_echo_benchmark_smoke() -> None:
     names = [name for name, _ in rows]
     assert names == ["raw posix_spawn loop of cat, 4 processes", "fwatchdog -- cat, loop=uvloop"]
     assert all(int(rate.replace(",", "")) > 0 for _, rate in rows)
+
+
+def test_oscar_overhead_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "oscar.py"), "--rounds", "1", "--requests", "20"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    overhead = re.search(r"\*\*Overhead: (-?[\d.]+) ms\*\*", result.stdout)
+    assert overhead is not None, result.stdout
+    rows = re.findall(r"^\| (.+?) \| ([\d.]+) \|", result.stdout, re.MULTILINE)
+    assert [name for name, _ in rows] == [
+        "script run directly (`/bin/sh script.sh`)",
+        "fwatchdog, mode=oscar (base64 in and out, token)"]

@@ -26,12 +26,14 @@ log = logging.getLogger("watchdog")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        usage=f"{PROG} [options] [-- CMD ARGS...]\n       {PROG} healthcheck",
+        usage=f"{PROG} [options] [-- CMD ARGS...]\n       {PROG} healthcheck\n"
+        f"       {PROG} run SERVICE --input FILE | --text-input TEXT [--output FILE] ...",
         description="A concurrency gateway that forks CMD for each HTTP request: the body "
         "is its stdin, its stdout the response. Each setting is taken from its flag, "
         "else its WATCHDOG_* variable, else its OpenFaaS variable, else the default.",
         epilog="`healthcheck` exits 0 while the lock file $TMPDIR/.lock exists "
-        "(for a container's exec health check).",
+        "(for a container's exec health check). `run` invokes an OSCAR service like "
+        "`oscar-cli service run` (see `fwatchdog run --help`).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -73,6 +75,10 @@ def main(argv: Sequence[str] | None = None,
     environ = os.environ if environ is None else environ
     if argv[:1] == ["healthcheck"]:
         return healthcheck(environ)
+    if argv[:1] == ["run"]:
+        from watchdog import client  # only the client needs it
+
+        return client.main(argv[1:], environ)
     if argv[:1] == ["serve"]:
         argv = argv[1:]
     config = parse_args(argv, environ)

@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -136,13 +136,38 @@ def parse_log_level(text: str) -> str:
 
 
 LOOPS = ("asyncio", "uvloop")
+MODES = ("classic", "oscar")
+# Where OSCAR mounts a service's script, and how its FaaS Supervisor runs it.
+OSCAR_SCRIPT = ("/bin/sh", "/oscar/config/script.sh")
 
 
 def parse_loop(text: str) -> str:
-    loop = text.strip().lower()
-    if loop not in LOOPS:
+    return _choice(text, LOOPS)
+
+
+def parse_mode(text: str) -> str:
+    return _choice(text, MODES)
+
+
+def _choice(text: str, choices: tuple[str, ...]) -> str:
+    word = text.strip().lower()
+    if word not in choices:
         raise _Invalid
-    return loop
+    return word
+
+
+def parse_token(text: str) -> str:
+    token = text.strip()
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise _Invalid
+    return token
+
+
+def parse_name(text: str) -> str:
+    name = text.strip()
+    if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise _Invalid
+    return name
 
 
 # --- the table ------------------------------------------------------------------
@@ -168,9 +193,14 @@ BOOL = "true or false"
 SIZE = "a whole number of bytes, optionally with a unit: 512k, 10Mi, 1Gi"
 
 SETTINGS: tuple[Setting, ...] = (
+    Setting("mode", ("WATCHDOG_MODE", "mode"), "classic", parse_mode,
+            "one of " + ", ".join(MODES),
+            "classic: the body is the function's stdin; oscar: OSCAR's /run protocol "
+            "(input file, output files back as base64)"),
     Setting("fprocess", ("WATCHDOG_FPROCESS", "fprocess"), None, parse_command,
             "a command line (split on spaces, no shell), or CMD ARGS... after --",
-            "the command forked for each request; the request body is its stdin"),
+            "the command forked for each request (required, except in oscar mode: "
+            + " ".join(OSCAR_SCRIPT) + ")"),
     Setting("port", ("WATCHDOG_PORT", "port"), "8080", parse_port,
             "a port number 0-65535 (0: any free port)", "port for function requests"),
     Setting("bind_address", ("WATCHDOG_BIND_ADDRESS",), "", parse_address,
@@ -218,7 +248,17 @@ SETTINGS: tuple[Setting, ...] = (
             "group killed"),
     Setting("kill_grace", ("WATCHDOG_KILL_GRACE",), "2s", parse_duration, DURATION,
             "time between SIGTERM and SIGKILL when a function's group is stopped"),
-    Setting("log_level", ("WATCHDOG_LOG_LEVEL",), "INFO", parse_log_level,
+    Setting("service_name", ("OSCAR_SERVICE_NAME",), "", parse_name,
+            "letters, digits, '.', '_' and '-'",
+            "oscar mode: the service served at /run/NAME (empty: any name)"),
+    Setting("service_token", ("OSCAR_SERVICE_TOKEN",), "", parse_token,
+            "a token without spaces",
+            "oscar mode: the Bearer token callers must present (empty: no check); "
+            "not passed to the script"),
+    Setting("service_token_file", ("OSCAR_SERVICE_TOKEN_FILE",), "", parse_text,
+            "the path of a readable file holding the token",
+            "oscar mode: read the token from this file (a mounted Secret) instead"),
+    Setting("log_level", ("WATCHDOG_LOG_LEVEL", "LOG_LEVEL"), "INFO", parse_log_level,
             "one of " + ", ".join(LOG_LEVELS), "least severe log level written to stderr"),
     Setting("loop", ("WATCHDOG_LOOP",), "uvloop", parse_loop, "one of " + ", ".join(LOOPS),
             "event loop implementation"),
@@ -229,6 +269,7 @@ SETTINGS_BY_FIELD = {setting.field: setting for setting in SETTINGS}
 
 @dataclass(frozen=True)
 class Config:
+    mode: str
     fprocess: tuple[str, ...]
     port: int
     bind_address: str
@@ -248,6 +289,9 @@ class Config:
     max_body_bytes: int
     max_output_bytes: int
     kill_grace: float
+    service_name: str
+    service_token: str = field(repr=False)  # a secret: never in logs or reprs
+    service_token_file: str
     log_level: str
     loop: str
     lock_path: str  # derived: $TMPDIR/.lock, as the Go watchdog's os.TempDir()
@@ -278,6 +322,10 @@ class Config:
                 values[setting.field] = setting.parse(raw)
             except _Invalid:
                 raise ConfigError(source, raw, setting.accepted) from None
+        if "fprocess" not in values and values["mode"] == "oscar":
+            values["fprocess"] = OSCAR_SCRIPT
+        if values["service_token_file"] and not values["service_token"]:
+            values["service_token"] = _read_token(values["service_token_file"])
         if "fprocess" not in values:
             fprocess = SETTINGS_BY_FIELD["fprocess"]
             names = ", ".join(fprocess.variables)
@@ -300,6 +348,21 @@ def _lookup(setting: Setting, environ: Mapping[str, str],
         if raw is not None and (raw != "" or setting.field == "fprocess"):
             return name, raw
     return "", None
+
+
+def _read_token(path: str) -> str:
+    setting = SETTINGS_BY_FIELD["service_token_file"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = parse_token(f.read())
+        if token:
+            return token
+        raise _Invalid
+    except (OSError, ValueError) as exc:  # _Invalid, UnicodeDecodeError, a NUL: ValueError
+        reason = getattr(exc, "strerror", None) or "no token in it"
+        raise ConfigError(setting.variables[0], path, setting.accepted,
+                          f"{setting.variables[0]}={path!r}: {reason}; expected "
+                          f"{setting.accepted}") from None
 
 
 def lock_path(environ: Mapping[str, str]) -> str:

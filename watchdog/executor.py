@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from watchdog.config import Config
@@ -35,6 +35,11 @@ class Result:
     body: list[bytes]
     headers: dict[str, str] = field(default_factory=dict)
     exit: Exit | None = None
+    # A body too large to hold, made while it is sent; `content_length` is its size.
+    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    content_length: int | None = None
+    # Called by whoever sends the answer, once it is sent (or cannot be).
+    cleanup: Callable[[], None] | None = None
 
     @classmethod
     def text(cls, status: int, message: str, **headers: str) -> Result:
@@ -57,26 +62,56 @@ class Executor:
             return self._too_large()
         return None
 
+    def admit(self) -> Result | None:
+        """Take a slot (None), or the 429 to answer at once."""
+        if self._limiter.try_acquire():
+            return None
+        return self.rejected()
+
+    def withdraw(self) -> None:
+        """Give back the slot of an admitted request that will start nothing."""
+        self._limiter.release()
+
     async def invoke(
         self,
         env: Mapping[str, str],
         body: AsyncIterator[bytes],
         started: float,
     ) -> Result:
-        """Run the function once. `started` is the request's arrival on the loop's
-        clock; read_timeout and write_timeout count from it."""
+        """Run the function once with `body` as its stdin. `started` is the request's
+        arrival on the loop's clock; read_timeout and write_timeout count from it."""
+        rejected = self.admit()
+        if rejected is not None:
+            return rejected
+        return await self.run(env, body, started)
+
+    async def run(
+        self,
+        env: Mapping[str, str],
+        body: AsyncIterator[bytes] | None,
+        started: float,
+        on_gone: Callable[[], None] | None = None,
+    ) -> Result:
+        """Run an admitted function; its slot is given back when its group is gone,
+        and `on_gone` called then (or at once when it could not start). Without a
+        body, its stdin is empty."""
         config = self._config
-        if not self._limiter.try_acquire():
-            return self.rejected()
         try:
             proc = spawn(config.fprocess, env, combine_output=config.combine_output,
                          max_output=config.max_output_bytes, kill_grace=config.kill_grace)
         except SpawnError as exc:
-            self._limiter.release()
+            self.withdraw()
+            if on_gone is not None:
+                on_gone()
             log.error("cannot start function: %s", exc.strerror)
             return Result.text(500, f"Failed to start function: {exc.strerror}")
         self.live[proc.pid] = proc
         proc.add_done_callback(lambda exit: self._on_exit(proc, exit))
+        if on_gone is not None:
+            proc.add_done_callback(lambda _: on_gone())
+        if body is None:
+            proc.close_stdin()
+            body = _empty()
 
         loop = asyncio.get_running_loop()
         run_deadline, run_reason = _earliest(
@@ -166,6 +201,11 @@ class Executor:
         if self._config.write_debug and exit.output:
             log.info("function output: %s",
                      b"".join(exit.output).decode("utf-8", "backslashreplace"))
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield
 
 
 def _earliest(*candidates: tuple[float | None, str]) -> tuple[float | None, str]:

@@ -12,13 +12,14 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Coroutine, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from watchdog import cgi
+from watchdog import cgi, oscar
 from watchdog.config import Config
 from watchdog.executor import Executor, Result
 from watchdog.limiter import Limiter
@@ -26,6 +27,9 @@ from watchdog.logs import FIELDS
 from watchdog.metrics import Metrics
 
 log = logging.getLogger("watchdog")
+
+# A mode's invocation: (environment, body, start time) -> the answer.
+Invoke = Callable[[Mapping[str, str], AsyncIterator[bytes], float], Awaitable[Result]]
 
 # The methods the Go watchdog forks for (it answers 405 to the rest), plus PATCH.
 FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "UPDATE"})
@@ -58,6 +62,11 @@ class Watchdog:
         self.metrics = Metrics(self.registry, max_inflight=config.max_inflight,
                                inflight=lambda: self.limiter.inflight)
         self.executor = Executor(config, self.limiter, self.metrics)
+        self.oscar: oscar.OscarInvoker | None = None
+        if config.mode == "oscar":
+            self.environ = oscar.script_environment(self.environ)
+            self.oscar = oscar.OscarInvoker(config, self.executor,
+                                            os.path.dirname(config.lock_path))
         self.accepting = False
         self.addresses: dict[str, tuple[str, int]] = {}
         self._handle_signals = handle_signals
@@ -99,8 +108,14 @@ class Watchdog:
         function_app = web.Application(handler_args={"max_field_size": 16384})
         function_app.router.add_get("/_/health", self._health, allow_head=False)
         function_app.router.add_get("/_/ready", self._ready, allow_head=False)
-        function_app.router.add_route("*", "/{tail:.*}", self._function,
-                                      expect_handler=self._expect)
+        if self.oscar is None:
+            function_app.router.add_route("*", "/{tail:.*}", self._function,
+                                          expect_handler=self._expect)
+        else:
+            for path in ("/run/{service}", "/"):
+                function_app.router.add_route("*", path, self._oscar_run,
+                                              expect_handler=self._expect)
+            function_app.router.add_route("*", "/{tail:.*}", self._oscar_unknown)
         self.addresses["function"] = await self._listen(
             function_app, config.bind_address, config.port, handler_cancellation=True)
         metrics_app = web.Application()
@@ -166,64 +181,108 @@ class Watchdog:
     # --- handlers ----------------------------------------------------------------------
 
     async def _function(self, request: web.Request) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        method = request.method
-        if method not in FUNCTION_METHODS:
-            return web.Response(status=405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))})
+        """Classic mode: every path, the body as the function's stdin."""
+        if request.method not in FUNCTION_METHODS:
+            return self._refuse(request, web.Response(
+                status=405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))}))
+        return await self._invoke(request, self.executor.invoke)
+
+    async def _oscar_run(self, request: web.Request) -> web.StreamResponse:
+        """OSCAR mode: POST /run/<service> (and POST /, what the platform forwards)."""
+        config = self.config
+        if request.method != "POST":
+            return self._refuse(request, web.Response(status=405, headers={"Allow": "POST"}))
+        if config.service_token and not oscar.bearer_matches(
+                request.headers.get("Authorization"), config.service_token):
+            return self._refuse(request, web.Response(
+                status=401, text="Missing or invalid service token.\n",
+                headers={"WWW-Authenticate": 'Bearer realm="oscar"'}))
+        service = request.match_info.get("service")
+        if service is not None and config.service_name and service != config.service_name:
+            return self._refuse(request, web.Response(
+                status=404, text=f"No service {service!r} here.\n"))
+        assert self.oscar is not None
+        return await self._invoke(request, self.oscar.invoke)
+
+    async def _oscar_unknown(self, request: web.Request) -> web.StreamResponse:
+        return self._refuse(request, web.Response(
+            status=404, text="OSCAR mode serves POST /run/<service> and POST /.\n"))
+
+    def _refuse(self, request: web.Request, response: web.Response) -> web.Response:
+        self._account(request, response.status, 0.0, None)
+        return response
+
+    async def _invoke(self, request: web.Request, invoke: Invoke) -> web.StreamResponse:
+        """The path every function request takes: 429 and 413 at once, else the
+        mode's invocation, then the answer, metrics and the log line."""
+        # The loop's clock for deadlines (uvloop's ticks in milliseconds), a fine one
+        # for durations.
+        started = asyncio.get_running_loop().time()
+        began = time.perf_counter()
         executor = self.executor
         result: Result | None
         if self.limiter.at_capacity:
             result = executor.rejected()  # at once: no env, no body, no fork
         else:
             result = executor.reject_body_size(request.content_length)
-        if result is not None and request.get(CONTINUE_WITHHELD):
-            # The client still holds its body: do not wait for it on this connection.
-            result.headers["Connection"] = "close"
-        if result is None:
-            self._requests += 1
-            self._idle.clear()
+        if result is not None:
+            if request.get(CONTINUE_WITHHELD):
+                # The client still holds its body: do not wait for it on this connection.
+                result.headers["Connection"] = "close"
+            self._account(request, result.status, time.perf_counter() - began, result)
+            return _response(result)
+        self._requests += 1
+        self._idle.clear()
+        try:
             try:
                 body = await self._body(request)
                 if isinstance(body, Result):
                     result = body
                 else:
-                    result = await executor.invoke(self._environment(request), body, started)
+                    result = await invoke(self._environment(request), body, started)
             except asyncio.CancelledError:
-                self._account(request, CLIENT_CLOSED, loop.time() - started, None)
+                self._account(request, CLIENT_CLOSED, time.perf_counter() - began, None)
                 raise
             except Exception:
                 # A bug of ours must not take the gateway down, nor go unanswered.
                 log.exception("request failed")
                 result = Result.text(500, "Gateway error: see the gateway's log.")
-            finally:
-                self._requests -= 1
-                if not self._requests:
-                    self._idle.set()
-        duration = loop.time() - started
+            return await self._answer(request, result, time.perf_counter() - began)
+        finally:
+            if result is not None and result.cleanup is not None:
+                result.cleanup()
+            self._requests -= 1
+            if not self._requests:
+                self._idle.set()
+
+    async def _answer(self, request: web.Request, result: Result,
+                      duration: float) -> web.StreamResponse:
         headers = result.headers
         if result.exit is not None:
             headers["X-Duration-Seconds"] = f"{duration:f}"
-            if result.status == 200:
+            if result.status == 200 and "Content-Type" not in headers:
                 content_type = self.config.content_type or request.headers.get("Content-Type")
                 if content_type:
                     headers["Content-Type"] = content_type
         self._account(request, result.status, duration, result)
-        chunks = result.body
-        if len(chunks) <= 1:
-            return web.Response(status=result.status, body=chunks[0] if chunks else None,
-                                headers=headers)
-        # A large output arrived in pieces: send them as they are, not joined.
+        if result.stream is None and len(result.body) <= 1:
+            return _response(result)
+        # Large: sent a piece at a time, never joined in memory.
         response = web.StreamResponse(status=result.status, headers=headers)
-        response.content_length = sum(len(chunk) for chunk in chunks)
+        if result.stream is not None:
+            response.content_length = result.content_length
+            pieces = result.stream()
+        else:
+            response.content_length = sum(len(chunk) for chunk in result.body)
+            pieces = _iterate(result.body)
         await response.prepare(request)
-        for chunk in chunks:
-            await response.write(chunk)
+        async for piece in pieces:
+            await response.write(piece)
         await response.write_eof()
         return response
 
     async def _body(self, request: web.Request) -> AsyncIterator[bytes] | Result:
-        if not self.config.marshal_request:
+        if not self.config.marshal_request or self.oscar is not None:
             return request.content.iter_any()
         cap = self.config.max_body_bytes or MARSHAL_BODY_CAP
         raw = bytearray()
@@ -242,13 +301,16 @@ class Watchdog:
         content_length = request.content_length
         if content_length is None:
             content_length = -1 if transfer_encoding else 0
+        headers: Iterable[tuple[str, str]] = request.headers.items()
+        if self.oscar is not None:  # the service token is the gateway's, not the script's
+            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         return cgi.function_environment(
             self.environ,
             method=request.method,
             path=request.path,
             raw_query=request.rel_url.raw_query_string,
             host=request.host,
-            headers=request.headers.items(),
+            headers=headers,
             content_length=content_length,
             transfer_encoding=transfer_encoding,
         )
@@ -336,6 +398,16 @@ class Watchdog:
 
 async def _single(payload: bytes) -> AsyncIterator[bytes]:
     yield payload
+
+
+async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _response(result: Result) -> web.Response:
+    return web.Response(status=result.status, body=result.body[0] if result.body else None,
+                        headers=result.headers)
 
 
 def _show(address: tuple[str, int]) -> str:

@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "something broke"
+exit 4
