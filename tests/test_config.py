@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -115,4 +117,33 @@ def test_any_text_parses_or_gives_the_named_error(text: str) -> None:
         except ConfigError as exc:
             error = exc
         if error is not None:
-            assert (error.source, error.value) == (variable, text)
+            assert error.source == variable
+            assert error.value == ("" if setting.secret else text)
+
+
+def test_oscar_mode_defaults_to_the_mounted_script_and_reads_a_token_file(
+        tmp_path: Path) -> None:
+    config = Config.from_env({"WATCHDOG_MODE": "oscar"})
+    assert config.fprocess == ("/bin/sh", "/oscar/config/script.sh")
+    assert config.service_token == ""
+    (tmp_path / "token").write_text("abc123\n")
+    config = Config.from_env({"mode": "oscar", "OSCAR_SERVICE_TOKEN_FILE": str(tmp_path / "token"),
+                              "LOG_LEVEL": "critical"})
+    assert config.service_token == "abc123"
+    assert config.log_level == "CRITICAL"
+    assert "abc123" not in repr(config)
+    assert Config.from_env({**BASE, "OSCAR_SERVICE_TOKEN": "t1",
+                            "OSCAR_SERVICE_TOKEN_FILE": str(tmp_path / "token")}
+                           ).service_token == "t1"
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"mode": "streaming"}, "mode='streaming'"),
+    ({"OSCAR_SERVICE_TOKEN_FILE": "/no/such/file"}, "OSCAR_SERVICE_TOKEN_FILE='/no/such/file'"),
+    ({"OSCAR_SERVICE_TOKEN": "two words"}, "OSCAR_SERVICE_TOKEN=(hidden): expected"),
+    ({"OSCAR_SERVICE_NAME": "a/b"}, "OSCAR_SERVICE_NAME='a/b'"),
+])
+def test_bad_oscar_settings(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({**BASE, **env})
+    assert str(caught.value).startswith(named)

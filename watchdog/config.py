@@ -181,6 +181,7 @@ class Setting:
     accepted: str
     meaning: str
     fallback: str = ""  # for a default taken from another setting, its field name
+    secret: bool = False  # its value is never shown, not even in an error
 
     @property
     def flag(self) -> str:
@@ -254,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("service_token", ("OSCAR_SERVICE_TOKEN",), "", parse_token,
             "a token without spaces",
             "oscar mode: the Bearer token callers must present (empty: no check); "
-            "not passed to the script"),
+            "not passed to the script", secret=True),
     Setting("service_token_file", ("OSCAR_SERVICE_TOKEN_FILE",), "", parse_text,
             "the path of a readable file holding the token",
             "oscar mode: read the token from this file (a mounted Secret) instead"),
@@ -321,6 +322,9 @@ class Config:
             try:
                 values[setting.field] = setting.parse(raw)
             except _Invalid:
+                if setting.secret:
+                    raise ConfigError(source, "", setting.accepted,
+                                      f"{source}=(hidden): expected {setting.accepted}") from None
                 raise ConfigError(source, raw, setting.accepted) from None
         if "fprocess" not in values and values["mode"] == "oscar":
             values["fprocess"] = OSCAR_SCRIPT
