@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint]'
+	$(BIN)/pip install --quiet -e '.[test,lint,bench]'
 	touch $@
 
 run: setup
@@ -43,8 +43,7 @@ lint: setup
 check: lint test
 
 bench: setup
-	$(BIN)/python bench/echo.py --write
-	$(BIN)/python bench/oscar.py --write
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,7 @@ mode (base64 in, base64 out, a token, one request at a time on a kept-alive
 connection), measured side by side in one run.
 
     python bench/oscar.py                          # 3 rounds of 300 requests
-    python bench/oscar.py --rounds 1 --requests 20 # the smoke run the tests use
+    python bench/oscar.py --rounds 1 --requests 20 # a smoke run
     python bench/oscar.py --write                  # also rewrite its part of bench/RESULTS.md
 
 The watchdog + FaaS Supervisor chain it replaces answers in about 535 ms
@@ -17,9 +17,7 @@ import argparse
 import base64
 import http.client
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.echo import ROOT, free_port, replace_section
+from bench.common import gateway, replace_section
 
 SCRIPT = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out"\n'
 TOKEN = "ab" * 32
@@ -52,35 +50,6 @@ def run_direct(script: Path, folder: Path, payload: bytes, requests: int) -> lis
     return times
 
 
-def start_gateway(script: Path, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(ROOT),
-        "TMPDIR": str(folder),
-        "WATCHDOG_MODE": "oscar",
-        "fprocess": f"/bin/sh {script}",
-        "OSCAR_SERVICE_NAME": "bench",
-        "OSCAR_SERVICE_TOKEN": TOKEN,
-        "WATCHDOG_BIND_ADDRESS": "127.0.0.1",
-        "WATCHDOG_PORT": str(port),
-        "WATCHDOG_METRICS_PORT": str(free_port()),
-        "healthcheck_interval": "0",
-    }
-    with open(folder / "gateway.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "watchdog"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/_/health")
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("gateway did not start")
-
-
 def run_gateway(port: int, payload: bytes, requests: int) -> list[float]:
     body = base64.b64encode(payload)
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}
@@ -98,16 +67,11 @@ def run_gateway(port: int, payload: bytes, requests: int) -> list[float]:
     return times
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=300, help="per round and side")
-    parser.add_argument("--size", type=int, default=1024, help="input bytes")
-    parser.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md")
-    args = parser.parse_args(argv)
-    payload = os.urandom(args.size)
+def measure(rounds: int, requests: int, size: int) -> tuple[str, bool]:
+    """The table, and whether the gateway left its folder clean."""
+    payload = os.urandom(size)
     direct: list[float] = []
-    gateway: list[float] = []
+    through: list[float] = []
     overheads: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -115,53 +79,62 @@ def main(argv: list[str] | None = None) -> int:
         script.write_text(SCRIPT)
         work = folder / "gw"
         work.mkdir()
-        proc, port = start_gateway(script, work)
-        try:
-            run_gateway(port, payload, 10)  # warm up
-            for _ in range(args.rounds):
-                d = run_direct(script, folder, payload, args.requests)
-                g = run_gateway(port, payload, args.requests)
+        with gateway(work, [], WATCHDOG_MODE="oscar", fprocess=f"/bin/sh {script}",
+                     OSCAR_SERVICE_NAME="bench", OSCAR_SERVICE_TOKEN=TOKEN) as gw:
+            run_gateway(gw.port, payload, 10)  # warm up
+            for _ in range(rounds):
+                d = run_direct(script, folder, payload, requests)
+                g = run_gateway(gw.port, payload, requests)
                 direct += d
-                gateway += g
+                through += g
                 overheads.append(statistics.median(g) - statistics.median(d))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-        left = sorted(p.name for p in work.iterdir() if p.name != "gateway.log")
-    table = _table(direct, gateway, overheads, args)
+        clean = sorted(p.name for p in work.iterdir()) == ["gateway.log"]
+    return _table(direct, through, overheads, rounds, requests, size), clean
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=300, help="per round and side")
+    parser.add_argument("--size", type=int, default=1024, help="input bytes")
+    parser.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    table, clean = measure(args.rounds, args.requests, args.size)
     print(table)
-    if left:
-        print(f"workspaces left behind: {left}", file=sys.stderr)
+    if not clean:
+        print("the gateway left request folders behind", file=sys.stderr)
         return 1
     if args.write:
-        command = "python bench/oscar.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        replace_section("OSCAR mode overhead", command.strip(), table)
+        command = " ".join(["python bench/oscar.py", *(argv if argv is not None
+                                                        else sys.argv[1:])])
+        replace_section("OSCAR mode overhead", command, table)
     return 0
 
 
-def _ms(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000 if len(values) > 1 else \
-        values[0] * 1000
+def _ms(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] * 1000
+    return statistics.quantiles(values, n=100)[q - 1] * 1000
 
 
-def _table(direct: list[float], gateway: list[float], overheads: list[float],
-           args: argparse.Namespace) -> str:
+def _table(direct: list[float], through: list[float], overheads: list[float], rounds: int,
+           requests: int, size: int) -> str:
     overhead = statistics.median(overheads) * 1000
     lines = [
-        f"trivial script (cp input -> output), {args.size}-byte input, one request at a "
-        f"time, {args.rounds} rounds x {args.requests} requests, {os.cpu_count()} cores",
+        f"Trivial script (cp input -> output), {size}-byte input, one request at a time, "
+        f"{rounds} rounds x {requests} requests, {os.cpu_count()} cores.",
         "",
         "| what | p50 ms | p90 ms | p99 ms |",
         "|---|---:|---:|---:|",
         f"| script run directly (`/bin/sh script.sh`) | {_ms(direct, 50):.2f} | "
         f"{_ms(direct, 90):.2f} | {_ms(direct, 99):.2f} |",
-        f"| fwatchdog, mode=oscar (base64 in and out, token) | {_ms(gateway, 50):.2f} | "
-        f"{_ms(gateway, 90):.2f} | {_ms(gateway, 99):.2f} |",
+        f"| fwatchdog, mode=oscar (base64 in and out, token) | {_ms(through, 50):.2f} | "
+        f"{_ms(through, 90):.2f} | {_ms(through, 99):.2f} |",
         "",
         f"**Overhead: {overhead:.2f} ms** (median over rounds of p50(gateway) - "
         f"p50(direct); target <= 10 ms). The fwatchdog + FaaS Supervisor chain: about "
         f"{SUPERVISOR_CHAIN_MS:.0f} ms per request (REFERENCE.md), "
-        f"{SUPERVISOR_CHAIN_MS / (statistics.median(gateway) * 1000):.0f}x this.",
+        f"{SUPERVISOR_CHAIN_MS / (statistics.median(through) * 1000):.0f}x this.",
     ]
     return "\n".join(lines)
 

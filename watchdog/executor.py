@@ -52,6 +52,10 @@ class Executor:
         self._config = config
         self._limiter = limiter
         self._metrics = metrics
+        self._reject_body = [b"Concurrent request limit exceeded. Max concurrent requests: "
+                             b"%d\n" % config.max_inflight]
+        self._reject_key = (-1, -1)
+        self._reject_headers: dict[str, str] = {}
         self.live: dict[int, FunctionProcess] = {}  # by pid
         self.reaper = OrphanReaper(lambda pid: pid in self.live)
 
@@ -138,18 +142,22 @@ class Executor:
         return self._answer(exit)
 
     def rejected(self) -> Result:
-        limit = self._limiter.limit
+        """The 429, made from parts kept between calls: shedding load is the one
+        thing that must stay cheap when everything else is busy. Its headers are
+        shared: copy them before changing them."""
         self._metrics.rejected.inc()
-        return Result.text(
-            429,
-            f"Concurrent request limit exceeded. Max concurrent requests: {limit}",
-            **{
+        limiter = self._limiter
+        key = (limiter.retry_after(), limiter.inflight)
+        if key != self._reject_key:  # changes rarely while saturated
+            self._reject_key = key
+            self._reject_headers = {
+                "Content-Type": "text/plain; charset=utf-8",
                 "X-OpenFaaS-Internal": "faas-middleware",
-                "Retry-After": str(self._limiter.retry_after()),
-                "X-Watchdog-Inflight": str(self._limiter.inflight),
-                "X-Watchdog-Max-Inflight": str(limit),
-            },
-        )
+                "Retry-After": str(key[0]),
+                "X-Watchdog-Inflight": str(key[1]),
+                "X-Watchdog-Max-Inflight": str(limiter.limit),
+            }
+        return Result(429, self._reject_body, self._reject_headers)
 
     def stop_all(self, reason: str) -> None:
         for proc in list(self.live.values()):

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 FIELDS = "fields"  # the `extra=` key that carries a line's key=value pairs
 
 
 def _quote(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
-    if text and all(c.isprintable() and c not in ' "=' for c in text):
+    if text and text.isprintable() and " " not in text and '"' not in text and "=" not in text:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
@@ -47,3 +48,78 @@ def configure(level: str) -> None:
     server.handlers[:] = [handler]
     server.setLevel(max(logging.getLevelName(level), logging.WARNING))
     server.propagate = False
+
+
+class AccessLog:
+    """The line per request, without the logging module's machinery (a LogRecord,
+    a formatter and a locked write cost about 80 µs a request, a fifth of the
+    gateway's time per fork), written once per loop iteration however many
+    requests ended in it.
+
+    Rejected requests (429) come in bursts of thousands a second: at INFO they are
+    summed up in one line a second; at DEBUG each has its own line. Their exact
+    count is in the metrics either way."""
+
+    SUMMARY_INTERVAL = 1.0
+
+    def __init__(self, level: str, stream: TextIO | None = None) -> None:
+        number = logging.getLevelNamesMapping()[level]
+        self.enabled = number <= logging.INFO
+        self._each_rejection = number <= logging.DEBUG
+        self._stream = stream if stream is not None else sys.stderr
+        self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._second = -1
+        self._prefix = ""
+        self._rejected = 0
+        self._summary: asyncio.TimerHandle | None = None
+
+    def request(self, method: str, path: str, status: int, duration: float, inflight: int,
+                exit_status: str) -> None:
+        if not self.enabled:
+            return
+        if status == 429 and not self._each_rejection:
+            self._rejected += 1
+            if self._summary is None:
+                self._summary = self._get_loop().call_later(self.SUMMARY_INTERVAL, self._sum_up)
+            return
+        self._add(f"{self._timestamp()} level=info msg=request method={_quote(method)} "
+                  f"path={_quote(path)} status={status} duration={duration:.6f} "
+                  f"inflight={inflight} exit_status={exit_status}\n")
+
+    def flush(self) -> None:
+        if self._summary is not None:
+            self._summary.cancel()
+            self._sum_up()
+        self._write()
+
+    def _sum_up(self) -> None:
+        self._summary = None
+        if self._rejected:
+            count, self._rejected = self._rejected, 0
+            self._add(f"{self._timestamp()} level=info msg=rejected count={count} "
+                      f"status=429 reason=max_inflight\n")
+
+    def _add(self, line: str) -> None:
+        if not self._pending:
+            self._get_loop().call_soon(self._write)
+        self._pending.append(line)
+
+    def _write(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._stream.write("".join(lines))
+            self._stream.flush()
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._prefix = "ts=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"

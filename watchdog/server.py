@@ -23,7 +23,7 @@ from watchdog import cgi, oscar
 from watchdog.config import Config
 from watchdog.executor import Executor, Result
 from watchdog.limiter import Limiter
-from watchdog.logs import FIELDS
+from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import Metrics
 
 log = logging.getLogger("watchdog")
@@ -67,6 +67,7 @@ class Watchdog:
             self.environ = oscar.script_environment(self.environ)
             self.oscar = oscar.OscarInvoker(config, self.executor,
                                             os.path.dirname(config.lock_path))
+        self.access_log = AccessLog(config.log_level)
         self.accepting = False
         self.addresses: dict[str, tuple[str, int]] = {}
         self._handle_signals = handle_signals
@@ -106,16 +107,10 @@ class Watchdog:
                 loop.add_signal_handler(sig, self.request_shutdown)
         self.executor.reaper.start()
         function_app = web.Application(handler_args={"max_field_size": 16384})
-        function_app.router.add_get("/_/health", self._health, allow_head=False)
-        function_app.router.add_get("/_/ready", self._ready, allow_head=False)
-        if self.oscar is None:
-            function_app.router.add_route("*", "/{tail:.*}", self._function,
-                                          expect_handler=self._expect)
-        else:
-            for path in ("/run/{service}", "/"):
-                function_app.router.add_route("*", path, self._oscar_run,
-                                              expect_handler=self._expect)
-            function_app.router.add_route("*", "/{tail:.*}", self._oscar_unknown)
+        # One route, dispatched by hand: aiohttp's router tries its resources in
+        # turn, and on the path of every request that costs more than this does.
+        function_app.router.add_route("*", "/{tail:.*}", self._dispatch,
+                                      expect_handler=self._expect)
         self.addresses["function"] = await self._listen(
             function_app, config.bind_address, config.port, handler_cancellation=True)
         metrics_app = web.Application()
@@ -176,9 +171,26 @@ class Watchdog:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        self.access_log.flush()
         log.info("stopped")
 
     # --- handlers ----------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/_/") and request.method == "GET":
+            if path == "/_/health":
+                return self._health()
+            if path == "/_/ready":
+                return self._ready()
+        if self.oscar is None:
+            return await self._function(request)
+        if path == "/":
+            return await self._oscar_run(request, None)
+        if path.startswith("/run/") and "/" not in path[5:]:
+            return await self._oscar_run(request, path[5:])
+        return self._refuse(request, web.Response(
+            status=404, text="OSCAR mode serves POST /run/<service> and POST /.\n"))
 
     async def _function(self, request: web.Request) -> web.StreamResponse:
         """Classic mode: every path, the body as the function's stdin."""
@@ -187,7 +199,7 @@ class Watchdog:
                 status=405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))}))
         return await self._invoke(request, self.executor.invoke)
 
-    async def _oscar_run(self, request: web.Request) -> web.StreamResponse:
+    async def _oscar_run(self, request: web.Request, service: str | None) -> web.StreamResponse:
         """OSCAR mode: POST /run/<service> (and POST /, what the platform forwards)."""
         config = self.config
         if request.method != "POST":
@@ -197,16 +209,11 @@ class Watchdog:
             return self._refuse(request, web.Response(
                 status=401, text="Missing or invalid service token.\n",
                 headers={"WWW-Authenticate": 'Bearer realm="oscar"'}))
-        service = request.match_info.get("service")
         if service is not None and config.service_name and service != config.service_name:
             return self._refuse(request, web.Response(
                 status=404, text=f"No service {service!r} here.\n"))
         assert self.oscar is not None
         return await self._invoke(request, self.oscar.invoke)
-
-    async def _oscar_unknown(self, request: web.Request) -> web.StreamResponse:
-        return self._refuse(request, web.Response(
-            status=404, text="OSCAR mode serves POST /run/<service> and POST /.\n"))
 
     def _refuse(self, request: web.Request, response: web.Response) -> web.Response:
         self._account(request, response.status, 0.0, None)
@@ -226,9 +233,9 @@ class Watchdog:
         else:
             result = executor.reject_body_size(request.content_length)
         if result is not None:
-            if request.get(CONTINUE_WITHHELD):
+            if "Expect" in request.headers and request.get(CONTINUE_WITHHELD):
                 # The client still holds its body: do not wait for it on this connection.
-                result.headers["Connection"] = "close"
+                result.headers = {**result.headers, "Connection": "close"}
             self._account(request, result.status, time.perf_counter() - began, result)
             return _response(result)
         self._requests += 1
@@ -318,16 +325,11 @@ class Watchdog:
     def _account(self, request: web.Request, status: int, duration: float,
                  result: Result | None) -> None:
         self.metrics.observe_request(status, request.method, duration)
-        if log.isEnabledFor(logging.INFO):
+        if self.access_log.enabled:
             exit = result.exit if result is not None else None
-            log.info("request", extra={FIELDS: {
-                "method": request.method,
-                "path": request.path,
-                "status": status,
-                "duration": f"{duration:.6f}",
-                "inflight": self.limiter.inflight,
-                "exit_status": exit.status_label if exit is not None else "-",
-            }})
+            self.access_log.request(request.method, request.path, status, duration,
+                                    self.limiter.inflight,
+                                    exit.status_label if exit is not None else "-")
 
     async def _expect(self, request: web.Request) -> None:
         """`Expect: 100-continue`: invite the body only if it will be used, so that a
@@ -344,14 +346,14 @@ class Watchdog:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not part of the response
 
-    async def _health(self, request: web.Request) -> web.Response:
+    def _health(self) -> web.Response:
         healthy = self.accepting and (
             self.config.suppress_lock or os.path.exists(self.config.lock_path))
         if healthy:
             return web.Response(text="OK")
         return web.Response(status=503)
 
-    async def _ready(self, request: web.Request) -> web.Response:
+    def _ready(self) -> web.Response:
         if not self.accepting:
             return web.Response(status=503)
         if self.limiter.at_capacity:

@@ -1,0 +1,337 @@
+"""The benchmark suite: one command, every configuration, the baselines measured
+in the same run, a table per section in bench/RESULTS.md and a plot.
+
+    python bench/suite.py                  # everything, 3 runs each (about 10 minutes)
+    python bench/suite.py --quick          # a smoke run of every section (under a minute)
+    python bench/suite.py --only echo,shed --runs 5
+    python bench/suite.py --against /path/to/fwatchdog   # another watchdog, side by side
+
+Sections:
+  echo      `cat` per 100-byte POST, wrk -c16: the gateway (uvloop, asyncio) against a
+            C loop of posix_spawn+pipe of the same command (4 threads), the physical limit
+  shed      limit 4 held by sleeping functions, wrk -c64: answers/s of 429 against a
+            null aiohttp server that only answers that 429 (the HTTP ceiling)
+  overload  locust (headless, FastHttpUser) at rising concurrency against limit 4:
+            throughput, p50/p99 and 429 share; plotted to bench/overload.png
+  memory    idle RSS, RSS growth over many requests, peak RSS while a large body
+            streams to `wc -c`
+  oscar     OSCAR mode's overhead over running a trivial script directly
+
+The load generator's CPU is reported beside each rate (in cores), so that a
+saturated generator is not mistaken for a saturated gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import oscar
+from bench.common import (
+    POST_100,
+    ROOT,
+    Rate,
+    Server,
+    foreign_watchdog,
+    gateway,
+    median_rate,
+    ms,
+    null_server,
+    replace_section,
+    wrk,
+)
+
+SECTIONS = ("echo", "shed", "overload", "memory", "oscar")
+LIMIT = 4
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace, folder: Path) -> None:
+        self.args = args
+        self.folder = folder
+        self.quick: bool = args.quick
+        self.runs: int = 1 if args.quick else args.runs
+        self.seconds: float = 1.0 if args.quick else args.duration
+        self.post = folder / "post.lua"
+        self.post.write_text(POST_100)
+
+    # --- echo -------------------------------------------------------------------------
+
+    def echo(self) -> str:
+        loop_binary = self._compile_spawn_loop()
+        rows: dict[str, list[Rate]] = {}
+        for _ in range(self.runs):  # interleaved, so that all share the machine's mood
+            if loop_binary is not None:
+                out = subprocess.run([str(loop_binary), "4", str(self.seconds), "cat"],
+                                     capture_output=True, text=True, check=True,
+                                     timeout=self.seconds + 30).stdout
+                rows.setdefault("C loop: posix_spawn + pipe of cat, 4 threads", []).append(
+                    Rate(float(out)))
+            for loop in ("uvloop", "asyncio"):
+                with gateway(self.folder, ["cat"], WATCHDOG_LOOP=loop,
+                             WATCHDOG_LOG_LEVEL="INFO") as gw:
+                    rows.setdefault(f"fwatchdog -- cat (loop={loop}, log INFO)", []).append(
+                        wrk(gw.url, self.seconds, 16, self.post))
+            if self.args.against:
+                with foreign_watchdog(self.args.against, self.folder, ["cat"]) as other:
+                    rows.setdefault(f"--against {self.args.against}", []).append(
+                        wrk(other.url, self.seconds, 16, self.post))
+        medians = {name: median_rate(rates) for name, rates in rows.items()}
+        ceiling = next(iter(medians.values())).rps if loop_binary is not None else math.nan
+        lines = [
+            f"`cat` per request, 100-byte POST, wrk -t2 -c16, {self.seconds:g} s x "
+            f"{self.runs} runs, medians; {os.cpu_count()} cores.",
+            "",
+            "| what | req/s | p50 ms | p99 ms | non-2xx | of the C loop | wrk CPU (cores) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, rate in medians.items():
+            share = "–" if math.isnan(ceiling) else f"{rate.rps / ceiling:.0%}"
+            cpu = "–" if math.isnan(rate.driver_cpu) else f"{rate.driver_cpu:.2f}"
+            lines.append(f"| {name} | {rate.rps:,.0f} | {ms(rate.p50_ms)} | {ms(rate.p99_ms)} "
+                         f"| {rate.non_2xx} | {share} | {cpu} |")
+        if loop_binary is None:
+            lines.append("\n(no C compiler here: the C loop was not measured)")
+        return "\n".join(lines)
+
+    def _compile_spawn_loop(self) -> Path | None:
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            return None
+        binary = self.folder / "spawnloop"
+        subprocess.run([compiler, "-O2", "-pthread", "-o", str(binary),
+                        str(ROOT / "bench" / "spawnloop.c")], check=True)
+        return binary
+
+    # --- shed -------------------------------------------------------------------------
+
+    def shed(self) -> str:
+        rows: dict[str, list[Rate]] = {}
+        for _ in range(self.runs):
+            with null_server(self.folder) as null:
+                rows.setdefault("null aiohttp server (uvloop) answering the same 429", []
+                                ).append(wrk(null.url, self.seconds, 64))
+            with gateway(self.folder, ["sleep", "120"], WATCHDOG_MAX_INFLIGHT=str(LIMIT),
+                         write_timeout="180s") as gw:
+                rows.setdefault(f"fwatchdog, max_inflight={LIMIT} held (log INFO)", []
+                                ).append(self._shed(gw))
+            if self.args.against:
+                with foreign_watchdog(self.args.against, self.folder, ["sleep", "120"],
+                                      max_inflight=str(LIMIT), write_timeout="180s") as other:
+                    rows.setdefault(f"--against {self.args.against}", []).append(
+                        self._shed(other))
+        medians = {name: median_rate(rates) for name, rates in rows.items()}
+        ceiling = next(iter(medians.values())).rps
+        lines = [
+            f"Limit {LIMIT} held by sleeping functions, wrk -t2 -c64 GET, {self.seconds:g} s "
+            f"x {self.runs} runs, medians.",
+            "",
+            "| what | answers/s | p50 ms | p99 ms | 429 share | of the null server "
+            "| wrk CPU (cores) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, rate in medians.items():
+            share = rate.non_2xx / rate.requests if rate.requests else math.nan
+            lines.append(f"| {name} | {rate.rps:,.0f} | {ms(rate.p50_ms)} | {ms(rate.p99_ms)} "
+                         f"| {share:.1%} | {rate.rps / ceiling:.0%} | {rate.driver_cpu:.2f} |")
+        return "\n".join(lines)
+
+    def _shed(self, server: Server) -> Rate:
+        holders = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-m", "150", "-d", "x",
+                                     server.url], stdin=subprocess.DEVNULL)
+                   for _ in range(LIMIT)]
+        try:
+            time.sleep(0.5)  # the four slots taken
+            return wrk(server.url, self.seconds, 64)
+        finally:
+            server.stop()
+            for holder in holders:
+                holder.kill()
+                holder.wait()
+
+    # --- overload -----------------------------------------------------------------------
+
+    def overload(self) -> str:
+        if shutil.which("locust", path=str(Path(sys.executable).parent)) is None:
+            return "(locust is not installed: `pip install '.[bench]'`)"
+        levels = [2, 8] if self.quick else [1, 2, 4, 8, 16, 32, 64]
+        points = []
+        with gateway(self.folder, ["sleep", "0.05"], WATCHDOG_MAX_INFLIGHT=str(LIMIT)) as gw:
+            for users in levels:
+                points.append((users, *self._locust(gw.url, users)))
+        lines = [
+            f"A function of 50 ms (`sleep 0.05`), max_inflight={LIMIT}; locust (headless, "
+            f"FastHttpUser, no wait) with N users, {self._locust_seconds()} s per level.",
+            "",
+            "| users | answers/s | served/s | p50 ms | p99 ms | 429 share | locust CPU (cores) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for users, rps, served, p50, p99, share, cpu in points:
+            lines.append(f"| {users} | {rps:,.0f} | {served:,.1f} | {ms(p50)} | {ms(p99)} | "
+                         f"{share:.1%} | {cpu:.2f} |")
+        plot = self._plot(points)
+        if plot:
+            lines += ["", f"![overload]({plot.name})"]
+        return "\n".join(lines)
+
+    def _locust_seconds(self) -> int:
+        return 2 if self.quick else 10
+
+    def _locust(self, url: str, users: int) -> tuple[float, float, float, float, float, float]:
+        prefix = self.folder / f"locust{users}"
+        seconds = self._locust_seconds()
+        locust = str(Path(sys.executable).parent / "locust")
+        started = time.monotonic()
+        usage = _child_cpu()
+        subprocess.run(
+            [locust, "-f", str(ROOT / "bench" / "locustfile.py"), "--headless", "-u", str(users),
+             "-r", str(users), "-t", f"{seconds}s", "--host", url.rstrip("/"), "--csv",
+             str(prefix), "--only-summary", "--loglevel", "ERROR", "--exit-code-on-error", "0"],
+            check=True, capture_output=True, timeout=seconds + 60)
+        cpu = (_child_cpu() - usage) / (time.monotonic() - started)
+        with open(f"{prefix}_stats.csv") as f:
+            total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
+        rejected = 0
+        with open(f"{prefix}_failures.csv") as f:
+            for row in csv.DictReader(f):
+                if "429" in row["Error"]:
+                    rejected += int(row["Occurrences"])
+        count = int(total["Request Count"])
+        rps = float(total["Requests/s"])
+        share = rejected / count if count else math.nan
+        served = rps * (1 - share) if count else 0.0
+        return (rps, served, float(total["50%"]), float(total["99%"]), share, cpu)
+
+    def _plot(self, points: list[tuple[int, float, float, float, float, float, float]]
+              ) -> Path | None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        users = [p[0] for p in points]
+        figure, (rates, latency, shed) = plt.subplots(3, 1, figsize=(7, 9), sharex=True)
+        rates.plot(users, [p[1] for p in points], "o-", label="all answers/s")
+        rates.plot(users, [p[2] for p in points], "s-", label="served (200)/s")
+        rates.set_ylabel("per second")
+        latency.plot(users, [p[3] for p in points], "o-", label="p50")
+        latency.plot(users, [p[4] for p in points], "s-", label="p99")
+        latency.set_ylabel("latency, ms")
+        shed.plot(users, [100 * p[5] for p in points], "o-", color="tab:red")
+        shed.set_ylabel("429 share, %")
+        shed.set_xlabel("offered concurrency (locust users)")
+        for axis in (rates, latency, shed):
+            axis.set_xscale("log", base=2)
+            axis.axvline(LIMIT, color="grey", linestyle="--", label=f"max_inflight={LIMIT}")
+            axis.legend(loc="best", fontsize="small")
+            axis.grid(alpha=0.3)
+        figure.suptitle("fwatchdog under overload (function: 50 ms)")
+        figure.tight_layout()
+        target = self.folder / "overload.png" if self.quick else ROOT / "bench" / "overload.png"
+        figure.savefig(target, dpi=90)
+        plt.close(figure)
+        return target
+
+    # --- memory -------------------------------------------------------------------------
+
+    def memory(self) -> str:
+        requests_wanted = 2_000 if self.quick else 100_000
+        body_mib = 64 if self.quick else 1024
+        with gateway(self.folder, ["cat"], WATCHDOG_LOG_LEVEL="WARNING") as gw:
+            time.sleep(1.0)
+            idle = gw.memory_kib()
+            wrk(gw.url, 1, 16, self.post)  # warm up: first allocations, caches
+            before = gw.memory_kib()
+            done = 0
+            while done < requests_wanted:
+                done += wrk(gw.url, min(10.0, max(1.0, (requests_wanted - done) / 1000)), 16,
+                            self.post).requests
+            after = gw.memory_kib()
+        with gateway(self.folder, ["wc", "-c"], WATCHDOG_LOG_LEVEL="WARNING",
+                     write_timeout="600s", read_timeout="600s") as gw:
+            baseline = gw.memory_kib("VmHWM")
+            answer = subprocess.run(
+                f"head -c {body_mib}M /dev/zero | curl -s -T - -X POST "
+                f"-H 'Content-Type: application/octet-stream' {gw.url}",
+                shell=True, capture_output=True, text=True, check=True, timeout=600).stdout
+            peak = gw.memory_kib("VmHWM")
+        counted = int(answer.split()[0]) if answer.strip() else -1
+        lines = [
+            "| what | measured | target |",
+            "|---|---:|---:|",
+            f"| idle RSS | {idle / 1024:.1f} MB | ≤ 45 MB |",
+            f"| RSS growth over {done:,} requests (after 1 s of warm-up) | "
+            f"{(after - before) / 1024:+.1f} MB | ≤ 5 MB |",
+            f"| peak RSS while {body_mib} MiB stream to `wc -c` (before: {baseline / 1024:.1f} "
+            f"MB) | {peak / 1024:.1f} MB | < 100 MB |",
+        ]
+        if counted != body_mib * 2**20:
+            lines.append(f"\n**wc -c counted {counted} bytes, not {body_mib * 2**20}**")
+        return "\n".join(lines)
+
+    # --- oscar --------------------------------------------------------------------------
+
+    def oscar(self) -> str:
+        rounds, requests = (1, 20) if self.quick else (self.runs, 300)
+        table, _ = oscar.measure(rounds, requests, 1024)
+        return table
+
+
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+TITLES = {"echo": "Echo throughput", "shed": "Shedding: 429 answers per second",
+          "overload": "Overload sweep", "memory": "Memory", "oscar": "OSCAR mode overhead"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every section")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"sections, comma-separated ({', '.join(SECTIONS)})")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--against", metavar="PATH", help="another watchdog binary")
+    parser.add_argument("--write", action="store_true",
+                        help="write bench/RESULTS.md (implied unless --quick)")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    write = args.write or not args.quick
+    command = " ".join(["python bench/suite.py", *(argv if argv is not None else sys.argv[1:])])
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = Suite(args, Path(tmp))
+        for name in sections:
+            started = time.monotonic()
+            body = getattr(suite, name)()
+            print(f"## {TITLES[name]} ({time.monotonic() - started:.0f} s)\n\n{body}\n",
+                  flush=True)
+            if write:
+                replace_section(TITLES[name], command, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
