@@ -67,7 +67,9 @@ class Server:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.terminate()  # the gateway: a second signal skips the drain
+            time.sleep(0.2)  # two signals sent at once would merge into one
+            if self.proc.poll() is None:
+                self.proc.terminate()  # the gateway: a second signal skips the drain
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:

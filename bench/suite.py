@@ -78,10 +78,11 @@ class Suite:
                                      timeout=self.seconds + 30).stdout
                 rows.setdefault("C loop: posix_spawn + pipe of cat, 4 threads", []).append(
                     Rate(float(out)))
-            for loop in ("uvloop", "asyncio"):
-                with gateway(self.folder, ["cat"], WATCHDOG_LOOP=loop,
-                             WATCHDOG_LOG_LEVEL="INFO") as gw:
-                    rows.setdefault(f"fwatchdog -- cat (loop={loop}, log INFO)", []).append(
+            for loop, workers in (("uvloop", 1), ("asyncio", 1), ("uvloop", 2)):
+                with gateway(self.folder, ["cat"], WATCHDOG_LOOP=loop, WATCHDOG_WORKERS=str(
+                        workers), WATCHDOG_LOG_LEVEL="INFO") as gw:
+                    rows.setdefault(f"fwatchdog -- cat (loop={loop}, workers={workers}, "
+                                    "log INFO)", []).append(
                         wrk(gw.url, self.seconds, 16, self.post))
             if self.args.against:
                 with foreign_watchdog(self.args.against, self.folder, ["cat"]) as other:
@@ -122,10 +123,11 @@ class Suite:
             with null_server(self.folder) as null:
                 rows.setdefault("null aiohttp server (uvloop) answering the same 429", []
                                 ).append(wrk(null.url, self.seconds, 64))
-            with gateway(self.folder, ["sleep", "120"], WATCHDOG_MAX_INFLIGHT=str(LIMIT),
-                         write_timeout="180s") as gw:
-                rows.setdefault(f"fwatchdog, max_inflight={LIMIT} held (log INFO)", []
-                                ).append(self._shed(gw))
+            for workers in (1, 2):
+                with gateway(self.folder, ["sleep", "120"], WATCHDOG_MAX_INFLIGHT=str(LIMIT),
+                             WATCHDOG_WORKERS=str(workers), write_timeout="180s") as gw:
+                    rows.setdefault(f"fwatchdog, max_inflight={LIMIT} held, workers={workers} "
+                                    "(log INFO)", []).append(self._shed(gw))
             if self.args.against:
                 with foreign_watchdog(self.args.against, self.folder, ["sleep", "120"],
                                       max_inflight=str(LIMIT), write_timeout="180s") as other:

@@ -148,7 +148,9 @@ def gateway(tmp_path: Path) -> Iterator[StartGateway]:
     for gw in started:
         if gw.proc.poll() is None:
             gw.signal(signal.SIGTERM)
-            gw.signal(signal.SIGTERM)  # the second one skips the waits
+            time.sleep(0.1)  # two signals sent at once would merge into one
+            if gw.proc.poll() is None:
+                gw.signal(signal.SIGTERM)  # the second one skips the waits
         try:
             gw.proc.wait(30)
         except subprocess.TimeoutExpired:

@@ -35,8 +35,10 @@ def test_benchmark_suite_smoke() -> None:
         return float(match.group(1).replace(",", ""))
 
     assert rate("C loop: posix_spawn + pipe of cat, 4 threads") > 0
-    assert rate("fwatchdog -- cat (loop=uvloop, log INFO)") > 0
-    assert rate("fwatchdog, max_inflight=4 held (log INFO)") > 0
+    assert rate("fwatchdog -- cat (loop=uvloop, workers=1, log INFO)") > 0
+    assert rate("fwatchdog -- cat (loop=uvloop, workers=2, log INFO)") > 0
+    assert rate("fwatchdog, max_inflight=4 held, workers=1 (log INFO)") > 0
+    assert rate("fwatchdog, max_inflight=4 held, workers=2 (log INFO)") > 0
     assert re.search(r"^\| 8 \| [\d,]+ \| [\d.,]+ \|", out, re.MULTILINE), out  # locust ran
     assert "| idle RSS |" in out
     assert "counted" not in out  # wc -c saw every byte of the streamed body

@@ -147,3 +147,11 @@ def test_bad_oscar_settings(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as caught:
         Config.from_env({**BASE, **env})
     assert str(caught.value).startswith(named)
+
+
+def test_workers_need_fixed_ports_and_at_least_one() -> None:
+    assert Config.from_env({**BASE, "WATCHDOG_WORKERS": "2"}).workers == 2
+    with pytest.raises(ConfigError, match=r"^WATCHDOG_WORKERS=2: several workers need a fixed"):
+        Config.from_env({**BASE, "WATCHDOG_WORKERS": "2", "port": "0"})
+    with pytest.raises(ConfigError, match=r"^WATCHDOG_WORKERS='0': expected"):
+        Config.from_env({**BASE, "WATCHDOG_WORKERS": "0"})

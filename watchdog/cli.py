@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from watchdog import __version__, logs
 from watchdog.config import SETTINGS, Config, ConfigError, default_text, lock_path
-from watchdog.server import Watchdog
+from watchdog.limiter import SharedSlots
 
 PROG = "fwatchdog"
 EXIT_CONFIG = 2  # as argparse's usage errors
@@ -95,7 +95,18 @@ def serve(config: Config, environ: Mapping[str, str]) -> int:
     if shutil.which(config.fprocess[0], path=environ.get("PATH")) is None:
         log.warning("fprocess not found or not executable; requests will get 500",
                     extra={logs.FIELDS: {"fprocess": config.fprocess[0]}})
-    watchdog = Watchdog(config, environ, handle_signals=True)
+    if config.workers > 1:
+        from watchdog import workers  # prometheus-client must not be imported before
+
+        return workers.supervise(config, environ, run)
+    return run(config, environ, None)
+
+
+def run(config: Config, environ: Mapping[str, str], shared: SharedSlots | None) -> int:
+    """One gateway process, until it is told to stop."""
+    from watchdog.server import Watchdog  # imports prometheus-client
+
+    watchdog = Watchdog(config, environ, handle_signals=True, shared=shared)
     with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
         try:
             runner.run(watchdog.serve())

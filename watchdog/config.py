@@ -64,6 +64,13 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
+def parse_positive(text: str) -> int:
+    number = parse_count(text)
+    if number < 1:
+        raise _Invalid
+    return number
+
+
 def parse_port(text: str) -> int:
     port = parse_count(text)
     if port > 65535:
@@ -263,6 +270,9 @@ SETTINGS: tuple[Setting, ...] = (
             "one of " + ", ".join(LOG_LEVELS), "least severe log level written to stderr"),
     Setting("loop", ("WATCHDOG_LOOP",), "uvloop", parse_loop, "one of " + ", ".join(LOOPS),
             "event loop implementation"),
+    Setting("workers", ("WATCHDOG_WORKERS",), "1", parse_positive, "a whole number >= 1",
+            "processes serving the port (SO_REUSEPORT); the limit and the metrics are "
+            "shared (needs fixed ports)"),
 )
 
 SETTINGS_BY_FIELD = {setting.field: setting for setting in SETTINGS}
@@ -295,6 +305,7 @@ class Config:
     service_token_file: str
     log_level: str
     loop: str
+    workers: int
     lock_path: str  # derived: $TMPDIR/.lock, as the Go watchdog's os.TempDir()
 
     @classmethod
@@ -339,6 +350,13 @@ class Config:
         for setting in SETTINGS:
             if setting.field not in values:
                 values[setting.field] = values[setting.fallback]
+        if values["workers"] > 1:
+            for field in ("port", "metrics_port"):
+                if values[field] == 0:
+                    name = SETTINGS_BY_FIELD["workers"].variables[0]
+                    raise ConfigError(name, str(values["workers"]), "1 with port 0",
+                                      f"{name}={values['workers']}: several workers need "
+                                      f"a fixed {field}, not 0")
         return cls(**values, lock_path=lock_path(environ))
 
 

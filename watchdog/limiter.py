@@ -1,12 +1,16 @@
 """Who may run now. Knows nothing of HTTP or processes.
 
-Exact without locks: acquire and release run on the event loop, one callback at
-a time, and a slot is released only when its function's process group is gone.
+Exact without locks in one process: acquire and release run on the event loop,
+one callback at a time, and a slot is released only when its function's process
+group is gone. With several workers, the slots are a semaphore they share.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 
 class Limiter:
@@ -15,23 +19,28 @@ class Limiter:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit  # 0: no limit
-        self.inflight = 0
+        self.mine = 0  # slots this process holds
         self._mean_duration = 0.0
 
     @property
+    def inflight(self) -> int:
+        """Slots in use, by every process that shares the limit."""
+        return self.mine
+
+    @property
     def at_capacity(self) -> bool:
-        return self.limit > 0 and self.inflight >= self.limit
+        return self.limit > 0 and self.mine >= self.limit
 
     def try_acquire(self) -> bool:
-        if self.limit > 0 and self.inflight >= self.limit:
+        if self.limit > 0 and self.mine >= self.limit:
             return False
-        self.inflight += 1
+        self.mine += 1
         return True
 
     def release(self, duration: float | None = None) -> None:
-        if self.inflight <= 0:
+        if self.mine <= 0:
             raise RuntimeError("release() without a matching acquire")
-        self.inflight -= 1
+        self.mine -= 1
         if duration is not None:
             if self._mean_duration == 0.0:
                 self._mean_duration = duration
@@ -42,3 +51,59 @@ class Limiter:
         """Whole seconds a rejected caller should wait: by then, on recent form, a
         running function has finished and freed its slot."""
         return max(1, math.ceil(self._mean_duration))
+
+
+class SharedLimiter(Limiter):
+    """The limit held across worker processes: a semaphore of `limit` permits
+    (sem_trywait: never blocks; None for no limit), and this worker's count in
+    `counts[index]`, so that the supervisor can give back the permits of a worker
+    that died."""
+
+    def __init__(self, limit: int, semaphore: Any, counts: Any, index: int,
+                 on_change: Callable[[int], None] | None = None) -> None:
+        super().__init__(limit)
+        self._semaphore = semaphore  # multiprocessing.BoundedSemaphore
+        self._counts = counts  # multiprocessing.Array("i", workers), one writer each
+        self._index = index
+        self._on_change = on_change
+
+    @property
+    def inflight(self) -> int:
+        if self._semaphore is None:  # no limit: add up what the workers hold
+            return sum(self._counts)
+        return self.limit - int(self._semaphore.get_value())
+
+    @property
+    def at_capacity(self) -> bool:
+        return self._semaphore is not None and self._semaphore.get_value() == 0
+
+    def try_acquire(self) -> bool:
+        if self._semaphore is not None and not self._semaphore.acquire(False):
+            return False
+        self.mine += 1
+        self._changed()
+        return True
+
+    def release(self, duration: float | None = None) -> None:
+        super().release(duration)
+        self._changed()
+        if self._semaphore is not None:
+            self._semaphore.release()
+
+    def _changed(self) -> None:
+        self._counts[self._index] = self.mine
+        if self._on_change is not None:
+            self._on_change(self.mine)
+
+
+@dataclass(frozen=True)
+class SharedSlots:
+    """What a worker needs to share the limit: made by the supervisor before it
+    forks (a semaphore is None when there is no limit)."""
+
+    semaphore: Any
+    counts: Any
+    index: int
+
+    def limiter(self, limit: int, on_change: Callable[[int], None]) -> Limiter:
+        return SharedLimiter(limit, self.semaphore, self.counts, self.index, on_change)

@@ -16,8 +16,12 @@ FUNCTION_BUCKETS = (*OPENFAAS_BUCKETS, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:
+    """`inflight` is read at scrape time; with several workers (prometheus-client's
+    multiprocess mode, where a function cannot be read across processes) each
+    worker calls `set_inflight` with its own count and the scrape adds them up."""
+
     def __init__(self, registry: CollectorRegistry, *, max_inflight: int,
-                 inflight: Callable[[], float]) -> None:
+                 inflight: Callable[[], float] | None) -> None:
         self.requests = Counter(
             "http_requests_total", "Function requests answered, by status code and method.",
             ["code", "method"], registry=registry)
@@ -27,10 +31,13 @@ class Metrics:
             ["code", "method"], buckets=OPENFAAS_BUCKETS, registry=registry)
         self.inflight = Gauge(
             "http_requests_in_flight",
-            "Functions running now (slots of max_inflight in use).", registry=registry)
-        self.inflight.set_function(inflight)
+            "Functions running now (slots of max_inflight in use).", registry=registry,
+            multiprocess_mode="livesum")
+        if inflight is not None:
+            self.inflight.set_function(inflight)
         self.max_inflight = Gauge(
-            "watchdog_max_inflight", "The concurrency limit (0: none).", registry=registry)
+            "watchdog_max_inflight", "The concurrency limit (0: none).", registry=registry,
+            multiprocess_mode="livemax")
         self.max_inflight.set(max_inflight)
         self.rejected = Counter(
             "watchdog_rejected_requests_total",
@@ -43,6 +50,9 @@ class Metrics:
         # Label lookups cost a lock and a dict: keep the children we have made.
         self._request_children: dict[tuple[int, str], tuple[Counter, Histogram]] = {}
         self._function_children: dict[str, Histogram] = {}
+
+    def set_inflight(self, count: int) -> None:
+        self.inflight.set(count)
 
     def observe_request(self, code: int, method: str, seconds: float) -> None:
         key = (code, method)

@@ -387,7 +387,7 @@ class OrphanReaper:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        _set_child_subreaper()
+        set_child_subreaper()
         self._periodic = self._loop.call_later(self.INTERVAL, self._tick)
 
     def soon(self) -> None:
@@ -402,7 +402,7 @@ class OrphanReaper:
                 handle.cancel()
         self._periodic = self._soon = None
         for _ in range(50):
-            survivors = [pid for pid in _children() if not self._is_tracked(pid)]
+            survivors = [pid for pid in children() if not self._is_tracked(pid)]
             if not survivors:
                 break
             for pid in survivors:
@@ -415,7 +415,7 @@ class OrphanReaper:
     def sweep(self) -> int:
         """Reap every exited child that no FunctionProcess owns; returns how many."""
         reaped = 0
-        for pid in _children():
+        for pid in children():
             if self._is_tracked(pid):
                 continue
             try:
@@ -435,7 +435,7 @@ class OrphanReaper:
         self.sweep()
 
 
-def _children() -> list[int]:
+def children() -> list[int]:
     pids: list[int] = []
     try:
         tasks = os.listdir("/proc/self/task")
@@ -450,7 +450,7 @@ def _children() -> list[int]:
     return pids
 
 
-def _set_child_subreaper() -> None:
+def set_child_subreaper() -> None:
     try:
         import ctypes
 

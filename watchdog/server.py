@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from typing import Any
 
 from aiohttp import HttpVersion11, web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from watchdog import cgi, oscar
 from watchdog.config import Config
 from watchdog.executor import Executor, Result
-from watchdog.limiter import Limiter
+from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import Metrics
 
@@ -54,13 +54,25 @@ class Watchdog:
         *,
         registry: CollectorRegistry | None = None,
         handle_signals: bool = False,
+        shared: SharedSlots | None = None,
     ) -> None:
         self.config = config
         self.environ = dict(environ)  # the function's base environment
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.limiter = Limiter(config.max_inflight)
-        self.metrics = Metrics(self.registry, max_inflight=config.max_inflight,
-                               inflight=lambda: self.limiter.inflight)
+        # What /metrics shows: this process's collectors, or every worker's, added up.
+        self.exposition = self.registry
+        self.worker = shared.index if shared is not None else None
+        self.limiter: Limiter
+        if shared is None:
+            self.limiter = Limiter(config.max_inflight)
+            self.metrics = Metrics(self.registry, max_inflight=config.max_inflight,
+                                   inflight=lambda: self.limiter.inflight)
+        else:
+            self.metrics = Metrics(self.registry, max_inflight=config.max_inflight,
+                                   inflight=None)
+            self.limiter = shared.limiter(config.max_inflight, self.metrics.set_inflight)
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
         self.executor = Executor(config, self.limiter, self.metrics)
         self.oscar: oscar.OscarInvoker | None = None
         if config.mode == "oscar":
@@ -126,6 +138,7 @@ class Watchdog:
             "metrics_address": _show(self.addresses["metrics"]),
             "fprocess": " ".join(config.fprocess),
             "max_inflight": config.max_inflight,
+            **({"worker": self.worker} if self.worker is not None else {}),
         }})
 
     async def drain(self) -> None:
@@ -361,7 +374,7 @@ class Watchdog:
         return web.Response(text="OK")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(self.registry))
+        response = web.Response(body=generate_latest(self.exposition))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
@@ -373,7 +386,8 @@ class Watchdog:
                                handler_cancellation=handler_cancellation)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host or None, port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(runner, host or None, port, reuse_address=True, backlog=1024,
+                           reuse_port=self.worker is not None)
         await site.start()
         sockname = runner.addresses[-1]
         return str(sockname[0]), int(sockname[1])
