@@ -36,6 +36,21 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+class BadRequestLine(logging.Filter):
+    """aiohttp logs a client's malformed request as an error with a traceback: make
+    it one warning line, so that a flood of garbage cannot flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = getattr(exc, "message", None)
+        if exc is not None and isinstance(getattr(exc, "code", None), int) and message:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args, record.exc_info = "bad request", (), None
+            setattr(record, FIELDS, {"status": exc.code,  # type: ignore[attr-defined]
+                                     "reason": str(message).strip().splitlines()[0]})
+        return True
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
@@ -46,8 +61,9 @@ def configure(level: str) -> None:
     # aiohttp's own complaints (bad requests, handler errors) in the same format.
     server = logging.getLogger("aiohttp.server")
     server.handlers[:] = [handler]
-    server.setLevel(max(logging.getLevelName(level), logging.WARNING))
+    server.setLevel(max(logging.getLevelNamesMapping()[level], logging.WARNING))
     server.propagate = False
+    server.filters[:] = [BadRequestLine()]
 
 
 class AccessLog:
