@@ -164,3 +164,25 @@ def test_workspace_is_private_and_removed_by_its_last_holder(tmp_path: Path) -> 
     assert Path(workspace.path).exists()
     workspace.release()
     assert list(tmp_path.iterdir()) == []
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=50)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=5),
+       st.sampled_from([None, 0, 2]), st.integers(min_value=1, max_value=64))
+async def test_any_json_object_is_written_verbatim(document: dict[str, object],
+                                                   indent: int | None, cut: int) -> None:
+    import json
+    import tempfile
+
+    body = json.dumps(document, indent=indent, ensure_ascii=False).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in"
+        await write_input(chunks(body[:cut], body[cut:]), str(path), max_bytes=0)
+        assert path.read_bytes() == body

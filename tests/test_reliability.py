@@ -5,6 +5,7 @@ docs/RELIABILITY.md is the table of what is tried here."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import signal
@@ -199,6 +200,32 @@ async def test_oscar_temporary_folder_not_writable(tmp_path: Path) -> None:
         gw.wait(30)
 
 
+async def test_oscar_temporary_folder_full(gateway: StartGateway, tmp_path: Path) -> None:
+    """A 256 KiB tmpfs as TMPDIR: a 1 MiB input cannot be written. 507, the script
+    never runs, the partial workspace is removed."""
+    full = tmp_path / "tiny"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)],  # noqa: ASYNC221
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        marker = tmp_path / "ran"
+        gw = gateway([SH, "-c", f"touch {marker}"], env={"WATCHDOG_MODE": "oscar",
+                                                        "TMPDIR": str(full)})
+        status, _, body = await fetch("POST", gw.url, base64.b64encode(os.urandom(1 << 20)))
+        assert status == 507
+        assert b"No space left" in body
+        assert not marker.exists()
+        assert sorted(p.name for p in full.iterdir()) == [".lock"]
+        assert (await fetch("POST", gw.url, b"aGk="))[0] == 200  # small inputs still fit
+        assert marker.exists()
+        gw.signal(signal.SIGTERM)
+        gw.proc.wait(20)
+    finally:
+        subprocess.run(["umount", str(full)], check=False)  # noqa: ASYNC221
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -217,6 +244,25 @@ def _wait_port(port: int) -> None:
 
 
 # --- clients that misbehave ------------------------------------------------------------
+
+
+async def test_headers_sent_a_byte_at_a_time_are_cut_off(gateway: StartGateway) -> None:
+    gw = gateway(["cat"], env={"read_timeout": "1s"})
+
+    def slowloris() -> float:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            started = time.monotonic()
+            try:
+                for byte in b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the gateway closed it
+            assert sock.recv(1024) == b""  # closed, without an answer
+            return time.monotonic() - started
+
+    assert await asyncio.to_thread(slowloris) < 5  # not the 13 s the client would take
+    await still_serving(gw)
 
 
 async def test_client_disconnects_mid_body(gateway: StartGateway, tmp_path: Path) -> None:

@@ -37,6 +37,9 @@ FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "UPDATE"}
 # Client closed the connection before the answer (nginx's convention), for
 # metrics and logs only: nobody receives it.
 CLIENT_CLOSED = 499
+# Idle keep-alive connections (and unfinished request heads) are closed after
+# read_timeout, or this when read_timeout is 0.
+IDLE_WITHOUT_READ_TIMEOUT = 75.0
 # At the end of a drain, how long answers already decided may take to be written.
 WRITE_OUT_GRACE = 5.0
 # Set on a request whose `Expect: 100-continue` was not answered with 100.
@@ -385,8 +388,13 @@ class Watchdog:
 
     async def _listen(self, app: web.Application, host: str, port: int, *,
                       handler_cancellation: bool = False) -> tuple[str, int]:
+        # aiohttp's keep-alive timer also runs from the connection's start until a
+        # request's head is complete: bounding it bounds a client that sends its
+        # headers a byte at a time (as Go's http.Server uses ReadTimeout for idle).
+        idle = self.config.read_timeout or IDLE_WITHOUT_READ_TIMEOUT
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=WRITE_OUT_GRACE,
-                               handler_cancellation=handler_cancellation)
+                               handler_cancellation=handler_cancellation,
+                               keepalive_timeout=idle)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host or None, port, reuse_address=True, backlog=1024,
