@@ -46,7 +46,11 @@ class Gateway:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.port, self.metrics_port = self._wait_listening()
+        try:
+            self.port, self.metrics_port = self._wait_listening()
+        except BaseException:
+            self.kill()  # never leave a gateway running behind a failed start
+            raise
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
 

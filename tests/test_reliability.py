@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -141,24 +143,36 @@ def _unprivileged() -> list[str]:
             "--"]
 
 
-async def test_process_limit_reached(tmp_path: Path) -> None:
-    """RLIMIT_NPROC as an unprivileged user (root is exempt from it): the spawn fails
-    with EAGAIN, the caller gets a 500 that says so, the gateway goes on."""
+@contextlib.contextmanager
+def restricted_gateway(folder: Path, command: list[str], *, limits: Sequence[str] = (),
+                       **settings: str) -> Iterator[str]:
+    """The gateway without root's exemptions (see _unprivileged); yields its URL."""
     prefix = _unprivileged()
-    tmp_path.chmod(0o777)
+    folder.chmod(0o777)
     port = _free_port()
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parent.parent),
-           "TMPDIR": str(tmp_path), "WATCHDOG_BIND_ADDRESS": "127.0.0.1",
+           "TMPDIR": str(folder), "WATCHDOG_BIND_ADDRESS": "127.0.0.1",
            "WATCHDOG_PORT": str(port), "WATCHDOG_METRICS_PORT": "0",
-           "healthcheck_interval": "0", "WATCHDOG_LOOP": "asyncio"}
-    gw = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
-        [*prefix, "prlimit", "--nproc=4", "--", sys.executable, "-m", "watchdog", "--",
-         "sleep", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           "healthcheck_interval": "0", **settings}
+    proc = subprocess.Popen([*prefix, *limits, sys.executable, "-m", "watchdog", "--", *command],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        folder.chmod(0o777)
+        proc.terminate()
+        proc.wait(30)
+
+
+async def test_process_limit_reached(tmp_path: Path) -> None:
+    """RLIMIT_NPROC for a non-root real uid (root is exempt from it): the spawn fails
+    with EAGAIN, the caller gets a 500 that says so, the gateway goes on."""
+    with restricted_gateway(tmp_path, ["sleep", "2"], limits=["prlimit", "--nproc=4", "--"],
+                            WATCHDOG_LOOP="asyncio") as url:
         async with aiohttp.ClientSession() as session:
             async def one() -> tuple[int, bytes]:
-                async with session.post(f"http://127.0.0.1:{port}/", data=b"") as r:
+                async with session.post(url + "/", data=b"") as r:
                     return r.status, await r.read()
             results = await asyncio.gather(*(one() for _ in range(8)))
         statuses = sorted(status for status, _ in results)
@@ -166,38 +180,20 @@ async def test_process_limit_reached(tmp_path: Path) -> None:
         refused = [body for status, body in results if status == 500]
         assert all(b"Resource temporarily unavailable" in body for body in refused), refused
         assert 200 in statuses  # the ones that could start still did
-        status, _, _ = await fetch("GET", f"http://127.0.0.1:{port}/_/health")
-        assert status == 200
-    finally:
-        gw.terminate()
-        gw.wait(30)
+        assert (await fetch("GET", url + "/_/health"))[0] == 200
 
 
 async def test_oscar_temporary_folder_not_writable(tmp_path: Path) -> None:
     """The workspace cannot be made: a 500 that says so; the script never runs."""
-    prefix = _unprivileged()
-    tmp_path.chmod(0o777)
-    port = _free_port()
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parent.parent),
-           "TMPDIR": str(tmp_path), "WATCHDOG_BIND_ADDRESS": "127.0.0.1",
-           "WATCHDOG_PORT": str(port), "WATCHDOG_METRICS_PORT": "0",
-           "healthcheck_interval": "0", "WATCHDOG_MODE": "oscar"}
     marker = tmp_path / "ran"
-    gw = subprocess.Popen([*prefix, sys.executable, "-m", "watchdog", "--", SH, "-c",  # noqa: ASYNC220
-                           f"touch {marker}"], env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
+    with restricted_gateway(tmp_path, [SH, "-c", f"touch {marker}"],
+                            WATCHDOG_MODE="oscar") as url:
         tmp_path.chmod(0o555)  # the lock file is there; nothing new can be
-        status, _, body = await fetch("POST", f"http://127.0.0.1:{port}/", b"aGk=")
+        status, _, body = await fetch("POST", url + "/", b"aGk=")
         assert status == 500
         assert b"Permission denied" in body
         assert not marker.exists()
-        assert (await fetch("GET", f"http://127.0.0.1:{port}/_/health"))[0] == 200
-    finally:
-        tmp_path.chmod(0o777)
-        gw.terminate()
-        gw.wait(30)
+        assert (await fetch("GET", url + "/_/health"))[0] == 200
 
 
 async def test_oscar_temporary_folder_full(gateway: StartGateway, tmp_path: Path) -> None:
