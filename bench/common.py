@@ -106,7 +106,10 @@ def foreign_watchdog(binary: str, folder: Path, command: list[str], **settings: 
     """Another watchdog binary, configured the OpenFaaS way (lower-case variables)."""
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": str(folder),
-           "fprocess": " ".join(command), "port": str(port), **settings}
+           "fprocess": " ".join(command), "port": str(port),
+           # The Go watchdog's metrics port is fixed (8081); ours, when it is the binary
+           # compared, must not collide with anything else running.
+           "WATCHDOG_METRICS_PORT": str(free_port()), **settings}
     return Server([binary], env, port, folder / "against.log")
 
 

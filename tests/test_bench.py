@@ -45,3 +45,19 @@ def test_benchmark_suite_smoke() -> None:
     assert re.search(r"\*\*Overhead: -?[\d.]+ ms\*\*", out)
     # --quick measures but leaves the published results alone.
     assert (ROOT / "bench" / "RESULTS.md").read_text() == before
+
+
+def test_against_another_watchdog_binary() -> None:
+    """--against takes any binary configured the OpenFaaS way; ours is one."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk not installed")
+    binary = str(Path(sys.executable).parent / "fwatchdog")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "suite.py"), "--quick", "--only", "shed",
+         "--against", binary], capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = re.search(rf"^\| --against {re.escape(binary)} \| ([\d,]+) \|", result.stdout,
+                    re.MULTILINE)
+    assert row is not None, result.stdout
+    assert int(row.group(1).replace(",", "")) > 0
