@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +90,13 @@ class Gateway:
     def survivors(self) -> list[int]:
         """Live (non-zombie) processes carrying this gateway's mark, itself excluded."""
         return marked_processes(self.mark, exclude=self.proc.pid)
+
+
+def free_port() -> int:
+    """A loopback port free now (for the tests that need a fixed one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def process_state(pid: int) -> str | None:

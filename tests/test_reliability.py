@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import FUNCTIONS, Gateway, StartGateway, alive, wait_dead
+from tests.conftest import FUNCTIONS, Gateway, StartGateway, alive, free_port, wait_dead
 from tests.test_gateway import fetch, file_appears, metrics, wait_for_file
 
 SH = "/bin/sh"
@@ -149,7 +149,7 @@ def restricted_gateway(folder: Path, command: list[str], *, limits: Sequence[str
     """The gateway without root's exemptions (see _unprivileged); yields its URL."""
     prefix = _unprivileged()
     folder.chmod(0o777)
-    port = _free_port()
+    port = free_port()
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parent.parent),
            "TMPDIR": str(folder), "WATCHDOG_BIND_ADDRESS": "127.0.0.1",
            "WATCHDOG_PORT": str(port), "WATCHDOG_METRICS_PORT": "0",
@@ -220,12 +220,6 @@ async def test_oscar_temporary_folder_full(gateway: StartGateway, tmp_path: Path
         gw.proc.wait(20)
     finally:
         subprocess.run(["umount", str(full)], check=False)  # noqa: ASYNC221
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int) -> None:

@@ -9,17 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import StartGateway
+from tests.conftest import StartGateway, free_port
 from tests.test_gateway import fetch
 from watchdog.oscar import output_files, write_zip
 
 TOKEN = "0f" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("authorization", [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -14,14 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import FUNCTIONS, Gateway, StartGateway, alive, wait_dead
+from tests.conftest import FUNCTIONS, Gateway, StartGateway, alive, free_port, wait_dead
 from tests.test_gateway import fetch, file_appears, metrics
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def two_workers(gateway: StartGateway, command: list[str], **env: str) -> Gateway:
