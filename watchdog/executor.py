@@ -29,10 +29,6 @@ STOPS = {
 }
 
 
-class BodyError(Exception):
-    """The request body broke off or was malformed (invalid chunking, a reset)."""
-
-
 @dataclass(slots=True)
 class Result:
     status: int
@@ -136,9 +132,6 @@ class Executor:
                             return self._too_large()
                 except TimeoutError:
                     return self._stopped(proc, "read_timeout")
-                except BodyError as exc:
-                    proc.stop("bad_body")
-                    return Result.text(400, f"Bad request body: {exc}")
                 exit = await proc.wait()
         except TimeoutError:
             return self._stopped(proc, run_reason)

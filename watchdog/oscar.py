@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
 
 from watchdog.config import Config
-from watchdog.executor import BodyError, Executor, Result
+from watchdog.executor import Executor, Result
 from watchdog.logs import FIELDS
 
 log = logging.getLogger("watchdog")
@@ -324,8 +324,6 @@ class OscarInvoker:
             return Result.text(408, "Request body not received within read_timeout.")
         except InputError as exc:
             return Result.text(exc.status, exc.reason)
-        except BodyError as exc:
-            return Result.text(400, f"Bad request body: {exc}")
         except OSError as exc:
             return _storage_error(exc)
         return None

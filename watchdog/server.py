@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from watchdog import cgi, oscar
 from watchdog.config import Config
-from watchdog.executor import BodyError, Executor, Result
+from watchdog.executor import Executor, Result
 from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import Metrics
@@ -267,8 +267,11 @@ class Watchdog:
             except asyncio.CancelledError:
                 self._account(request, CLIENT_CLOSED, time.perf_counter() - began, None)
                 raise
-            except BodyError as exc:  # while marshal_request read it
-                result = Result.text(400, f"Bad request body: {exc}")
+            except (HttpProcessingError, ConnectionError) as exc:
+                # The body broke off or was malformed while the gateway read it (the
+                # function, if it started, was ended by the executor on the way out).
+                reason = getattr(exc, "message", None) or str(exc)
+                result = Result.text(400, f"Bad request body: {reason}")
             except Exception:
                 # A bug of ours must not take the gateway down, nor go unanswered.
                 log.exception("request failed")
@@ -309,10 +312,10 @@ class Watchdog:
 
     async def _body(self, request: web.Request) -> AsyncIterator[bytes] | Result:
         if not self.config.marshal_request or self.oscar is not None:
-            return _chunks(request)
+            return request.content.iter_any()
         cap = self.config.max_body_bytes or MARSHAL_BODY_CAP
         raw = bytearray()
-        async for chunk in _chunks(request):
+        async for chunk in request.content.iter_any():
             raw += chunk
             if len(raw) > cap:
                 return Result.text(413, f"Request body larger than {cap} bytes "
@@ -421,15 +424,6 @@ class Watchdog:
         if not self.config.suppress_lock:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.config.lock_path)
-
-
-async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The body as it arrives; aiohttp's errors on it become the core's BodyError."""
-    try:
-        async for chunk in request.content.iter_any():
-            yield chunk
-    except (HttpProcessingError, ConnectionError) as exc:
-        raise BodyError(getattr(exc, "message", None) or str(exc)) from exc
 
 
 async def _single(payload: bytes) -> AsyncIterator[bytes]:
