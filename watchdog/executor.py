@@ -1,8 +1,8 @@
 """One invocation: admit or reject, spawn, feed the body, enforce the deadlines,
 and turn the function's end into a status and a body.
 
-Knows nothing of aiohttp: the body arrives as an async iterator of chunks and
-the answer leaves as a `Result`, so the HTTP layer and OSCAR mode share it.
+Knows nothing of aiohttp: the body arrives as bytes (all of it) or as an async
+iterator of chunks, and the answer leaves as a `Result`, so the HTTP layer and OSCAR mode share it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from watchdog.metrics import Metrics
 from watchdog.process import Exit, FunctionProcess, OrphanReaper, SpawnError, spawn
 
 log = logging.getLogger("watchdog")
+
+# A request body: all of it, or its chunks as they arrive.
+Body = bytes | AsyncIterator[bytes]
 
 # Why the gateway stopped a function -> what its caller gets.
 STOPS = {
@@ -79,7 +82,7 @@ class Executor:
     async def invoke(
         self,
         env: Mapping[str, str],
-        body: AsyncIterator[bytes],
+        body: Body,
         started: float,
     ) -> Result:
         """Run the function once with `body` as its stdin. `started` is the request's
@@ -92,54 +95,74 @@ class Executor:
     async def run(
         self,
         env: Mapping[str, str],
-        body: AsyncIterator[bytes] | None,
+        body: Body | None,
         started: float,
         on_gone: Callable[[], None] | None = None,
     ) -> Result:
         """Run an admitted function; its slot is given back when its group is gone,
-        and `on_gone` called then (or at once when it could not start). Without a
-        body, its stdin is empty."""
+        and `on_gone` called then (or at once when it could not start). The body is
+        bytes when it has all arrived, chunks while it arrives; without one, stdin
+        is empty."""
         config = self._config
+        if isinstance(body, bytes) and config.max_body_bytes and len(body) > config.max_body_bytes:
+            self._give_back(on_gone)  # chunked, so no Content-Length said so before
+            return self._too_large()
         try:
             proc = spawn(config.fprocess, env, combine_output=config.combine_output,
                          max_output=config.max_output_bytes, kill_grace=config.kill_grace)
         except SpawnError as exc:
-            self.withdraw()
-            if on_gone is not None:
-                on_gone()
+            self._give_back(on_gone)
             log.error("cannot start function: %s", exc.strerror)
             return Result.text(500, f"Failed to start function: {exc.strerror}")
         self.live[proc.pid] = proc
         proc.add_done_callback(lambda exit: self._on_exit(proc, exit))
         if on_gone is not None:
             proc.add_done_callback(lambda _: on_gone())
-        if body is None:
-            proc.close_stdin()
-            body = _empty()
 
+        # One future ends the wait: the group gone (None) or a deadline passed (its
+        # name). A timer and a callback, not timeout scopes: this is every request.
         loop = asyncio.get_running_loop()
+        ended: asyncio.Future[str | None] = loop.create_future()
+        proc.add_done_callback(lambda _: _end(ended, None))
         run_deadline, run_reason = _earliest(
             (loop.time() + config.exec_timeout if config.exec_timeout else None, "exec_timeout"),
             (started + config.write_timeout if config.write_timeout else None, "write_timeout"),
         )
-        read_deadline = started + config.read_timeout if config.read_timeout else None
+        timer = None
+        if run_deadline is not None:
+            timer = loop.call_at(run_deadline, _expire, ended, proc, run_reason)
         try:
-            async with asyncio.timeout_at(run_deadline):
+            if body is None:
+                proc.close_stdin()
+            elif isinstance(body, bytes):
+                # All here: no read deadline. A function that does not read is
+                # stopped by the run deadline, which also ends this write.
+                await proc.write(body)
+                proc.close_stdin()
+            else:
+                # While the client sends, the earlier of its deadline and the run's.
+                waiting, reason = _earliest(
+                    (run_deadline, run_reason),
+                    (started + config.read_timeout if config.read_timeout else None,
+                     "read_timeout"),
+                )
                 try:
-                    async with asyncio.timeout_at(read_deadline):
+                    async with asyncio.timeout_at(waiting):
                         if not await self._feed(proc, body):
                             proc.stop("body_too_large")
                             return self._too_large()
                 except TimeoutError:
-                    return self._stopped(proc, "read_timeout")
-                exit = await proc.wait()
-        except TimeoutError:
-            return self._stopped(proc, run_reason)
+                    return self._stopped(proc, reason)
+            expired = await ended
+            if expired is not None:
+                return self._stopped(proc, expired)
+            return self._answer(await proc.wait())  # finished: no wait
         finally:
+            if timer is not None:
+                timer.cancel()
             # Also on cancellation, when the client hung up: end the group.
             if not proc.finished:
                 proc.stop("disconnect")
-        return self._answer(exit)
 
     def rejected(self) -> Result:
         """The 429, made from parts kept between calls: shedding load is the one
@@ -182,6 +205,11 @@ class Executor:
         proc.close_stdin()
         return True
 
+    def _give_back(self, on_gone: Callable[[], None] | None) -> None:
+        self.withdraw()
+        if on_gone is not None:
+            on_gone()
+
     def _stopped(self, proc: FunctionProcess, reason: str) -> Result:
         """Stop the group and answer at once; its slot stays taken until it is reaped."""
         proc.stop(reason)
@@ -211,9 +239,24 @@ class Executor:
                      b"".join(exit.output).decode("utf-8", "backslashreplace"))
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield
+def as_chunks(body: Body) -> AsyncIterator[bytes]:
+    """The body as chunks, for readers that take it a piece at a time."""
+    return _one(body) if isinstance(body, bytes) else body
+
+
+async def _one(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
+
+
+def _end(ended: asyncio.Future[str | None], reason: str | None) -> None:
+    if not ended.done():  # nor cancelled, when the client hung up
+        ended.set_result(reason)
+
+
+def _expire(ended: asyncio.Future[str | None], proc: FunctionProcess, reason: str) -> None:
+    if not ended.done():
+        proc.stop(reason)
+        ended.set_result(reason)
 
 
 def _earliest(*candidates: tuple[float | None, str]) -> tuple[float | None, str]:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
 
 from watchdog.config import Config
-from watchdog.executor import Executor, Result
+from watchdog.executor import Body, Executor, Result, as_chunks
 from watchdog.logs import FIELDS
 
 log = logging.getLogger("watchdog")
@@ -283,8 +283,7 @@ class OscarInvoker:
         self._executor = executor
         self._root = workspace_root
 
-    async def invoke(self, env: Mapping[str, str], body: AsyncIterator[bytes],
-                     started: float) -> Result:
+    async def invoke(self, env: Mapping[str, str], body: Body, started: float) -> Result:
         executor = self._executor
         rejected = executor.admit()
         if rejected is not None:
@@ -313,13 +312,14 @@ class OscarInvoker:
         result.cleanup = workspace.release  # the request's share: once the answer is sent
         return result
 
-    async def _receive(self, body: AsyncIterator[bytes], workspace: Workspace,
+    async def _receive(self, body: Body, workspace: Workspace,
                        started: float) -> Result | None:
         config = self._config
         deadline = started + config.read_timeout if config.read_timeout else None
         try:
             async with asyncio.timeout_at(deadline):
-                await write_input(body, workspace.input_file, max_bytes=config.max_body_bytes)
+                await write_input(as_chunks(body), workspace.input_file,
+                                  max_bytes=config.max_body_bytes)
         except TimeoutError:
             return Result.text(408, "Request body not received within read_timeout.")
         except InputError as exc:

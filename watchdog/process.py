@@ -231,6 +231,13 @@ class FunctionProcess:
         else:  # CLD_KILLED, CLD_DUMPED
             self._status = (None, info.si_status)
         self.close_stdin()
+        if self._stdout_fd >= 0 and self._stopped_for is None:
+            # Usually the output's end is already in the pipe: read it now rather
+            # than arm a timer and wait for one more turn of the loop.
+            while self._stdout_fd >= 0 and self._on_output():
+                pass
+        if self._exit is not None:
+            return  # the output's end finished it
         if self._stdout_fd < 0 or self._stopped_for is not None:
             self._finish()
         else:
@@ -282,26 +289,28 @@ class FunctionProcess:
 
     # --- output ----------------------------------------------------------------------
 
-    def _on_output(self) -> None:
+    def _on_output(self) -> bool:
+        """Read once; True if something was read and more may follow."""
         try:
             data = os.read(self._stdout_fd, READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._close_stdout()
             if self._status is not None:
                 self._finish()
-            return
+            return False
         self._output_size += len(data)
         if self._output_size > self._max_output:
             self._overflowed = True
             self._output = []
             self._close_stdout()
             self.stop("overflow")
-            return
+            return False
         self._output.append(data)
+        return True
 
     def _close_stdout(self) -> None:
         if self._stdout_fd >= 0:

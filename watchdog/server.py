@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from watchdog import cgi, oscar
 from watchdog.config import Config
-from watchdog.executor import Executor, Result
+from watchdog.executor import Body, Executor, Result
 from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import Metrics
@@ -30,7 +30,7 @@ from watchdog.metrics import Metrics
 log = logging.getLogger("watchdog")
 
 # A mode's invocation: (environment, body, start time) -> the answer.
-Invoke = Callable[[Mapping[str, str], AsyncIterator[bytes], float], Awaitable[Result]]
+Invoke = Callable[[Mapping[str, str], Body, float], Awaitable[Result]]
 
 # The methods the Go watchdog forks for (it answers 405 to the rest), plus PATCH.
 FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "UPDATE"})
@@ -92,7 +92,7 @@ class Watchdog:
         self._requests = 0  # function requests being handled
         self._idle = asyncio.Event()
         self._idle.set()
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -122,17 +122,25 @@ class Watchdog:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_shutdown)
         self.executor.reaper.start()
-        function_app = web.Application(handler_args={"max_field_size": 16384})
-        # One route, dispatched by hand: aiohttp's router tries its resources in
-        # turn, and on the path of every request that costs more than this does.
-        function_app.router.add_route("*", "/{tail:.*}", self._dispatch,
-                                      expect_handler=self._expect)
+        # aiohttp's keep-alive timer also runs from the connection's start until a
+        # request's head is complete: bounding it bounds a client that sends its
+        # headers a byte at a time (as Go's http.Server uses ReadTimeout for idle).
+        idle = config.read_timeout or IDLE_WITHOUT_READ_TIMEOUT
+        # The function port is aiohttp's low-level server with one handler that
+        # dispatches by hand: an Application's router, match info, middlewares and
+        # signals cost more on the path of every request than this does.
+        function_server = web.Server(
+            self._dispatch, handler_cancellation=True, keepalive_timeout=idle,
+            access_log=None, max_field_size=16384)
         self.addresses["function"] = await self._listen(
-            function_app, config.bind_address, config.port, handler_cancellation=True)
+            web.ServerRunner(function_server, shutdown_timeout=WRITE_OUT_GRACE),
+            config.bind_address, config.port)
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", self._metrics)
         self.addresses["metrics"] = await self._listen(
-            metrics_app, config.metrics_bind_address, config.metrics_port)
+            web.AppRunner(metrics_app, access_log=None, shutdown_timeout=WRITE_OUT_GRACE,
+                          keepalive_timeout=idle),
+            config.metrics_bind_address, config.metrics_port)
         if not config.suppress_lock:
             with open(config.lock_path, "w"):
                 pass
@@ -193,7 +201,11 @@ class Watchdog:
 
     # --- handlers ----------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if "Expect" in request.headers:
+            refused = await self._expect(request)
+            if refused is not None:
+                return refused
         path = request.path
         if path.startswith("/_/") and request.method == "GET":
             if path == "/_/health":
@@ -209,14 +221,14 @@ class Watchdog:
         return self._refuse(request, web.Response(
             status=404, text="OSCAR mode serves POST /run/<service> and POST /.\n"))
 
-    async def _function(self, request: web.Request) -> web.StreamResponse:
+    async def _function(self, request: web.BaseRequest) -> web.StreamResponse:
         """Classic mode: every path, the body as the function's stdin."""
         if request.method not in FUNCTION_METHODS:
             return self._refuse(request, web.Response(
                 status=405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))}))
         return await self._invoke(request, self.executor.invoke)
 
-    async def _oscar_run(self, request: web.Request, service: str | None) -> web.StreamResponse:
+    async def _oscar_run(self, request: web.BaseRequest, service: str | None) -> web.StreamResponse:
         """OSCAR mode: POST /run/<service> (and POST /, what the platform forwards)."""
         config = self.config
         if request.method != "POST":
@@ -232,11 +244,11 @@ class Watchdog:
         assert self.oscar is not None
         return await self._invoke(request, self.oscar.invoke)
 
-    def _refuse(self, request: web.Request, response: web.Response) -> web.Response:
+    def _refuse(self, request: web.BaseRequest, response: web.Response) -> web.Response:
         self._account(request, response.status, 0.0, None)
         return response
 
-    async def _invoke(self, request: web.Request, invoke: Invoke) -> web.StreamResponse:
+    async def _invoke(self, request: web.BaseRequest, invoke: Invoke) -> web.StreamResponse:
         """The path every function request takes: 429 and 413 at once, else the
         mode's invocation, then the answer, metrics and the log line."""
         # The loop's clock for deadlines (uvloop's ticks in milliseconds), a fine one
@@ -284,7 +296,7 @@ class Watchdog:
             if not self._requests:
                 self._idle.set()
 
-    async def _answer(self, request: web.Request, result: Result,
+    async def _answer(self, request: web.BaseRequest, result: Result,
                       duration: float) -> web.StreamResponse:
         headers = result.headers
         if result.exit is not None:
@@ -310,20 +322,21 @@ class Watchdog:
         await response.write_eof()
         return response
 
-    async def _body(self, request: web.Request) -> AsyncIterator[bytes] | Result:
+    async def _body(self, request: web.BaseRequest) -> Body | Result:
+        content = request.content
         if not self.config.marshal_request or self.oscar is not None:
-            return request.content.iter_any()
+            # Most bodies have all arrived with the head: hand them over whole.
+            return content.read_nowait() if content.is_eof() else content.iter_any()
         cap = self.config.max_body_bytes or MARSHAL_BODY_CAP
         raw = bytearray()
-        async for chunk in request.content.iter_any():
+        async for chunk in content.iter_any():
             raw += chunk
             if len(raw) > cap:
                 return Result.text(413, f"Request body larger than {cap} bytes "
                                    "(marshal_request holds the whole body).")
-        payload = cgi.marshal_request(request.headers.items(), bytes(raw))
-        return _single(payload)
+        return cgi.marshal_request(request.headers.items(), bytes(raw))
 
-    def _environment(self, request: web.Request) -> Mapping[str, str]:
+    def _environment(self, request: web.BaseRequest) -> Mapping[str, str]:
         if not self.config.cgi_headers:
             return self.environ
         transfer_encoding = request.headers.get("Transfer-Encoding")
@@ -344,7 +357,7 @@ class Watchdog:
             transfer_encoding=transfer_encoding,
         )
 
-    def _account(self, request: web.Request, status: int, duration: float,
+    def _account(self, request: web.BaseRequest, status: int, duration: float,
                  result: Result | None) -> None:
         self.metrics.observe_request(status, request.method, duration)
         if self.access_log.enabled:
@@ -353,20 +366,22 @@ class Watchdog:
                                     self.limiter.inflight,
                                     exit.status_label if exit is not None else "-")
 
-    async def _expect(self, request: web.Request) -> None:
+    async def _expect(self, request: web.BaseRequest) -> web.Response | None:
         """`Expect: 100-continue`: invite the body only if it will be used, so that a
         client refused with 429 or 413 never uploads it (curl asks for bodies over
         1 MiB, as OSCAR's base64 inputs are)."""
         expect = request.headers.get("Expect", "").lower()
         if request.version != HttpVersion11:
-            return
+            return None
         if expect != "100-continue":
-            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+            return self._refuse(request, web.Response(
+                status=417, text=f"Unknown Expect: {expect}\n"))
         if self.limiter.at_capacity or self.executor.reject_body_size(request.content_length):
             request[CONTINUE_WITHHELD] = True
-            return
+            return None
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not part of the response
+        return None
 
     def _health(self) -> web.Response:
         healthy = self.accepting and (
@@ -382,22 +397,15 @@ class Watchdog:
             return web.Response(status=429)
         return web.Response(text="OK")
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.BaseRequest) -> web.Response:
         response = web.Response(body=generate_latest(self.exposition))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
     # --- helpers ---------------------------------------------------------------------
 
-    async def _listen(self, app: web.Application, host: str, port: int, *,
-                      handler_cancellation: bool = False) -> tuple[str, int]:
-        # aiohttp's keep-alive timer also runs from the connection's start until a
-        # request's head is complete: bounding it bounds a client that sends its
-        # headers a byte at a time (as Go's http.Server uses ReadTimeout for idle).
-        idle = self.config.read_timeout or IDLE_WITHOUT_READ_TIMEOUT
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=WRITE_OUT_GRACE,
-                               handler_cancellation=handler_cancellation,
-                               keepalive_timeout=idle)
+    async def _listen(self, runner: web.BaseRunner, host: str,
+                      port: int) -> tuple[str, int]:
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host or None, port, reuse_address=True, backlog=1024,
@@ -424,10 +432,6 @@ class Watchdog:
         if not self.config.suppress_lock:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.config.lock_path)
-
-
-async def _single(payload: bytes) -> AsyncIterator[bytes]:
-    yield payload
 
 
 async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
