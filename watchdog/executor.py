@@ -125,8 +125,8 @@ class Executor:
         ended: asyncio.Future[str | None] = loop.create_future()
         proc.add_done_callback(lambda _: _end(ended, None))
         run_deadline, run_reason = _earliest(
-            (loop.time() + config.exec_timeout if config.exec_timeout else None, "exec_timeout"),
-            (started + config.write_timeout if config.write_timeout else None, "write_timeout"),
+            loop.time() + config.exec_timeout if config.exec_timeout else None, "exec_timeout",
+            started + config.write_timeout if config.write_timeout else None, "write_timeout",
         )
         timer = None
         if run_deadline is not None:
@@ -142,9 +142,9 @@ class Executor:
             else:
                 # While the client sends, the earlier of its deadline and the run's.
                 waiting, reason = _earliest(
-                    (run_deadline, run_reason),
-                    (started + config.read_timeout if config.read_timeout else None,
-                     "read_timeout"),
+                    run_deadline, run_reason,
+                    started + config.read_timeout if config.read_timeout else None,
+                    "read_timeout",
                 )
                 try:
                     async with asyncio.timeout_at(waiting):
@@ -259,9 +259,9 @@ def _expire(ended: asyncio.Future[str | None], proc: FunctionProcess, reason: st
         ended.set_result(reason)
 
 
-def _earliest(*candidates: tuple[float | None, str]) -> tuple[float | None, str]:
-    best: tuple[float | None, str] = (None, "")
-    for when, reason in candidates:
-        if when is not None and (best[0] is None or when < best[0]):
-            best = (when, reason)
-    return best
+def _earliest(first: float | None, first_reason: str, second: float | None,
+              second_reason: str) -> tuple[float | None, str]:
+    """The earlier of two deadlines (None: none) and its name; the first on a tie."""
+    if second is None or (first is not None and first <= second):
+        return first, first_reason
+    return second, second_reason

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import threading
@@ -86,6 +87,11 @@ def signal_text(number: int) -> str:
 
 class FunctionProcess:
     """One running function. Created by `spawn`; ends in `Exit` once reaped."""
+
+    __slots__ = ("_callbacks", "_exit", "_exit_time", "_kill_grace", "_loop", "_max_output",
+                 "_output", "_output_size", "_overflowed", "_pidfd", "_reaped", "_started",
+                 "_status", "_stdin_fd", "_stdout_fd", "_stopped_for", "_timers", "_writable",
+                 "pid")
 
     def __init__(
         self,
@@ -368,8 +374,10 @@ def spawn(
     finally:
         os.close(stdin_r)
         os.close(stdout_w)
-    os.set_blocking(stdin_w, False)
-    os.set_blocking(stdout_r, False)
+    # Our ends only (the function's stay blocking); a new pipe end has no other
+    # status flag to keep, so one F_SETFL does what set_blocking's two calls do.
+    fcntl.fcntl(stdin_w, fcntl.F_SETFL, os.O_NONBLOCK)
+    fcntl.fcntl(stdout_r, fcntl.F_SETFL, os.O_NONBLOCK)
     return FunctionProcess(
         loop, pid, stdin_w, stdout_r, max_output=max_output, kill_grace=kill_grace
     )
