@@ -2,7 +2,8 @@
 lifecycle `start -> serve -> drain -> stop` of a `Watchdog`.
 
 Everything that decides what happens to a request lives in the executor; this
-module only translates between aiohttp and it.
+module only translates between HTTP (`watchdog.http` on the function port,
+aiohttp on the metrics port) and it.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from aiohttp import HttpVersion11, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from watchdog import cgi, oscar
 from watchdog.config import Config
 from watchdog.executor import Body, Executor, Result
+from watchdog.http import BodyError, HttpServer, Outcome, Request, Response
 from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import Metrics
@@ -93,6 +94,8 @@ class Watchdog:
         self._idle = asyncio.Event()
         self._idle.set()
         self._runners: list[web.BaseRunner] = []
+        self._http: HttpServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -122,19 +125,14 @@ class Watchdog:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_shutdown)
         self.executor.reaper.start()
-        # aiohttp's keep-alive timer also runs from the connection's start until a
-        # request's head is complete: bounding it bounds a client that sends its
-        # headers a byte at a time (as Go's http.Server uses ReadTimeout for idle).
+        # The idle deadline also runs from a connection's start until a request's
+        # head is complete: it bounds a client that sends its headers a byte at a
+        # time (as Go's http.Server uses ReadTimeout for idle connections).
         idle = config.read_timeout or IDLE_WITHOUT_READ_TIMEOUT
-        # The function port is aiohttp's low-level server with one handler that
-        # dispatches by hand: an Application's router, match info, middlewares and
-        # signals cost more on the path of every request than this does.
-        function_server = web.Server(
-            self._dispatch, handler_cancellation=True, keepalive_timeout=idle,
-            access_log=None, max_field_size=16384)
-        self.addresses["function"] = await self._listen(
-            web.ServerRunner(function_server, shutdown_timeout=WRITE_OUT_GRACE),
-            config.bind_address, config.port)
+        self._loop = asyncio.get_running_loop()
+        self._http = HttpServer(self._dispatch, idle_timeout=idle)
+        self.addresses["function"] = await self._http.listen(
+            config.bind_address or None, config.port, reuse_port=self.worker is not None)
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", self._metrics)
         self.addresses["metrics"] = await self._listen(
@@ -166,12 +164,9 @@ class Watchdog:
             "inflight": self._requests,
         }})
         await self._wait_unless_hurried(asyncio.sleep(config.healthcheck_interval))
-        if self._runners:
-            function_runner = self._runners[0]
-            for site in list(function_runner.sites):
-                await site.stop()  # closes the listening socket only
-            if function_runner.server is not None:
-                function_runner.server.pre_shutdown()  # close idle keep-alives
+        if self._http is not None:
+            self._http.stop_listening()
+            self._http.close_idle()  # and the others once answered
         drained = await self._wait_unless_hurried(
             self._idle.wait(), within=config.write_timeout or None)
         if not drained and self._requests:
@@ -185,6 +180,8 @@ class Watchdog:
                 await self._idle.wait()
 
     async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.shutdown(WRITE_OUT_GRACE)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -201,9 +198,9 @@ class Watchdog:
 
     # --- handlers ----------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        if "Expect" in request.headers:
-            refused = await self._expect(request)
+    def _dispatch(self, request: Request) -> Outcome:
+        if request.header("expect") is not None:
+            refused = self._expect(request)
             if refused is not None:
                 return refused
         path = request.path
@@ -213,47 +210,43 @@ class Watchdog:
             if path == "/_/ready":
                 return self._ready()
         if self.oscar is None:
-            return await self._function(request)
+            return self._function(request)
         if path == "/":
-            return await self._oscar_run(request, None)
+            return self._oscar_run(request, None)
         if path.startswith("/run/") and "/" not in path[5:]:
-            return await self._oscar_run(request, path[5:])
-        return self._refuse(request, web.Response(
-            status=404, text="OSCAR mode serves POST /run/<service> and POST /.\n"))
+            return self._oscar_run(request, path[5:])
+        return self._refuse(request, Response.text(
+            404, "OSCAR mode serves POST /run/<service> and POST /.\n"))
 
-    async def _function(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _function(self, request: Request) -> Outcome:
         """Classic mode: every path, the body as the function's stdin."""
         if request.method not in FUNCTION_METHODS:
-            return self._refuse(request, web.Response(
-                status=405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))}))
-        return await self._invoke(request, self.executor.invoke)
+            return self._refuse(request, Response(
+                405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))}))
+        return self._invoke(request, self.executor.invoke)
 
-    async def _oscar_run(self, request: web.BaseRequest, service: str | None) -> web.StreamResponse:
+    def _oscar_run(self, request: Request, service: str | None) -> Outcome:
         """OSCAR mode: POST /run/<service> (and POST /, what the platform forwards)."""
         config = self.config
         if request.method != "POST":
-            return self._refuse(request, web.Response(status=405, headers={"Allow": "POST"}))
+            return self._refuse(request, Response(405, headers={"Allow": "POST"}))
         if config.service_token and not oscar.bearer_matches(
-                request.headers.get("Authorization"), config.service_token):
-            return self._refuse(request, web.Response(
-                status=401, text="Missing or invalid service token.\n",
-                headers={"WWW-Authenticate": 'Bearer realm="oscar"'}))
+                request.header("authorization"), config.service_token):
+            return self._refuse(request, Response.text(
+                401, "Missing or invalid service token.\n",
+                **{"WWW-Authenticate": 'Bearer realm="oscar"'}))
         if service is not None and config.service_name and service != config.service_name:
-            return self._refuse(request, web.Response(
-                status=404, text=f"No service {service!r} here.\n"))
+            return self._refuse(request, Response.text(404, f"No service {service!r} here.\n"))
         assert self.oscar is not None
-        return await self._invoke(request, self.oscar.invoke)
+        return self._invoke(request, self.oscar.invoke)
 
-    def _refuse(self, request: web.BaseRequest, response: web.Response) -> web.Response:
+    def _refuse(self, request: Request, response: Response) -> Response:
         self._account(request, response.status, 0.0, None)
         return response
 
-    async def _invoke(self, request: web.BaseRequest, invoke: Invoke) -> web.StreamResponse:
-        """The path every function request takes: 429 and 413 at once, else the
-        mode's invocation, then the answer, metrics and the log line."""
-        # The loop's clock for deadlines (uvloop's ticks in milliseconds), a fine one
-        # for durations.
-        started = asyncio.get_running_loop().time()
+    def _invoke(self, request: Request, invoke: Invoke) -> Outcome:
+        """The path every function request takes: 429 and 413 at once (no task, no
+        body), else the mode's invocation, then the answer, metrics and the log line."""
         began = time.perf_counter()
         executor = self.executor
         result: Result | None
@@ -262,13 +255,20 @@ class Watchdog:
         else:
             result = executor.reject_body_size(request.content_length)
         if result is not None:
-            if "Expect" in request.headers and request.get(CONTINUE_WITHHELD):
-                # The client still holds its body: do not wait for it on this connection.
-                result.headers = {**result.headers, "Connection": "close"}
             self._account(request, result.status, time.perf_counter() - began, result)
-            return _response(result)
+            # A client still holding its body back for a 100 is not waited for.
+            return Response(result.status, result.body, result.headers,
+                            close=CONTINUE_WITHHELD in request.store)
+        # The loop's clock for deadlines (uvloop's ticks in milliseconds), a fine one
+        # for durations.
+        assert self._loop is not None
+        return self._run(request, invoke, self._loop.time(), began)
+
+    async def _run(self, request: Request, invoke: Invoke, started: float,
+                   began: float) -> Response:
         self._requests += 1
         self._idle.clear()
+        result: Result | None = None
         try:
             try:
                 body = await self._body(request)
@@ -279,16 +279,15 @@ class Watchdog:
             except asyncio.CancelledError:
                 self._account(request, CLIENT_CLOSED, time.perf_counter() - began, None)
                 raise
-            except (HttpProcessingError, ConnectionError) as exc:
+            except (BodyError, ConnectionError) as exc:
                 # The body broke off or was malformed while the gateway read it (the
                 # function, if it started, was ended by the executor on the way out).
-                reason = getattr(exc, "message", None) or str(exc)
-                result = Result.text(400, f"Bad request body: {reason}")
+                result = Result.text(400, f"Bad request body: {exc}")
             except Exception:
                 # A bug of ours must not take the gateway down, nor go unanswered.
                 log.exception("request failed")
                 result = Result.text(500, "Gateway error: see the gateway's log.")
-            return await self._answer(request, result, time.perf_counter() - began)
+            return self._answer(request, result, time.perf_counter() - began)
         finally:
             if result is not None and result.cleanup is not None:
                 result.cleanup()
@@ -296,68 +295,59 @@ class Watchdog:
             if not self._requests:
                 self._idle.set()
 
-    async def _answer(self, request: web.BaseRequest, result: Result,
-                      duration: float) -> web.StreamResponse:
+    def _answer(self, request: Request, result: Result, duration: float) -> Response:
         headers = result.headers
         if result.exit is not None:
             headers["X-Duration-Seconds"] = f"{duration:f}"
             if result.status == 200 and "Content-Type" not in headers:
-                content_type = self.config.content_type or request.headers.get("Content-Type")
+                content_type = self.config.content_type or request.header("content-type")
                 if content_type:
                     headers["Content-Type"] = content_type
         self._account(request, result.status, duration, result)
-        if result.stream is None and len(result.body) <= 1:
-            return _response(result)
-        # Large: sent a piece at a time, never joined in memory.
-        response = web.StreamResponse(status=result.status, headers=headers)
-        if result.stream is not None:
-            response.content_length = result.content_length
-            pieces = result.stream()
-        else:
-            response.content_length = sum(len(chunk) for chunk in result.body)
-            pieces = _iterate(result.body)
-        await response.prepare(request)
-        async for piece in pieces:
-            await response.write(piece)
-        await response.write_eof()
-        return response
+        if result.stream is None:
+            return Response(result.status, result.body, headers)
+        # Made while it is sent, from what the cleanup would remove: the cleanup
+        # waits for the answer to have left.
+        on_sent, result.cleanup = result.cleanup, None
+        return Response(result.status, headers=headers, stream=result.stream,
+                        content_length=result.content_length or 0, on_sent=on_sent)
 
-    async def _body(self, request: web.BaseRequest) -> Body | Result:
-        content = request.content
+    async def _body(self, request: Request) -> Body | Result:
+        body = request.body
         if not self.config.marshal_request or self.oscar is not None:
             # Most bodies have all arrived with the head: hand them over whole.
-            return content.read_nowait() if content.is_eof() else content.iter_any()
+            return body.take() if body.complete else body.chunks()
         cap = self.config.max_body_bytes or MARSHAL_BODY_CAP
         raw = bytearray()
-        async for chunk in content.iter_any():
+        async for chunk in body.chunks():
             raw += chunk
             if len(raw) > cap:
                 return Result.text(413, f"Request body larger than {cap} bytes "
                                    "(marshal_request holds the whole body).")
-        return cgi.marshal_request(request.headers.items(), bytes(raw))
+        return cgi.marshal_request(request.headers, bytes(raw))
 
-    def _environment(self, request: web.BaseRequest) -> Mapping[str, str]:
+    def _environment(self, request: Request) -> Mapping[str, str]:
         if not self.config.cgi_headers:
             return self.environ
-        transfer_encoding = request.headers.get("Transfer-Encoding")
+        transfer_encoding = request.header("transfer-encoding")
         content_length = request.content_length
         if content_length is None:
             content_length = -1 if transfer_encoding else 0
-        headers: Iterable[tuple[str, str]] = request.headers.items()
+        headers: Iterable[tuple[str, str]] = request.headers
         if self.oscar is not None:  # the service token is the gateway's, not the script's
             headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         return cgi.function_environment(
             self.environ,
             method=request.method,
             path=request.path,
-            raw_query=request.rel_url.raw_query_string,
+            raw_query=request.query,
             host=request.host,
             headers=headers,
             content_length=content_length,
             transfer_encoding=transfer_encoding,
         )
 
-    def _account(self, request: web.BaseRequest, status: int, duration: float,
+    def _account(self, request: Request, status: int, duration: float,
                  result: Result | None) -> None:
         self.metrics.observe_request(status, request.method, duration)
         if self.access_log.enabled:
@@ -366,36 +356,34 @@ class Watchdog:
                                     self.limiter.inflight,
                                     exit.status_label if exit is not None else "-")
 
-    async def _expect(self, request: web.BaseRequest) -> web.Response | None:
+    def _expect(self, request: Request) -> Response | None:
         """`Expect: 100-continue`: invite the body only if it will be used, so that a
         client refused with 429 or 413 never uploads it (curl asks for bodies over
         1 MiB, as OSCAR's base64 inputs are)."""
-        expect = request.headers.get("Expect", "").lower()
-        if request.version != HttpVersion11:
+        expect = (request.header("expect") or "").lower()
+        if request.version != "1.1":
             return None
         if expect != "100-continue":
-            return self._refuse(request, web.Response(
-                status=417, text=f"Unknown Expect: {expect}\n"))
+            return self._refuse(request, Response.text(417, f"Unknown Expect: {expect}\n"))
         if self.limiter.at_capacity or self.executor.reject_body_size(request.content_length):
-            request[CONTINUE_WITHHELD] = True
+            request.store[CONTINUE_WITHHELD] = True
             return None
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the 100 is not part of the response
+        request.send_continue()
         return None
 
-    def _health(self) -> web.Response:
+    def _health(self) -> Response:
         healthy = self.accepting and (
             self.config.suppress_lock or os.path.exists(self.config.lock_path))
         if healthy:
-            return web.Response(text="OK")
-        return web.Response(status=503)
+            return Response.text(200, "OK")
+        return Response(503)
 
-    def _ready(self) -> web.Response:
+    def _ready(self) -> Response:
         if not self.accepting:
-            return web.Response(status=503)
+            return Response(503)
         if self.limiter.at_capacity:
-            return web.Response(status=429)
-        return web.Response(text="OK")
+            return Response(429)
+        return Response.text(200, "OK")
 
     async def _metrics(self, request: web.BaseRequest) -> web.Response:
         response = web.Response(body=generate_latest(self.exposition))
@@ -432,16 +420,6 @@ class Watchdog:
         if not self.config.suppress_lock:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.config.lock_path)
-
-
-async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-def _response(result: Result) -> web.Response:
-    return web.Response(status=result.status, body=result.body[0] if result.body else None,
-                        headers=result.headers)
 
 
 def _show(address: tuple[str, int]) -> str:

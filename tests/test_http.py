@@ -1,0 +1,157 @@
+"""The function port's HTTP/1.1 (watchdog/http.py), spoken byte for byte to a real
+gateway: what clients other than aiohttp's do, and what a bad one does."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import time
+from pathlib import Path
+
+from tests.conftest import FUNCTIONS, StartGateway
+from tests.test_gateway import file_appears
+from tests.test_reliability import SH, raw, rss_kib, still_serving
+
+
+def answers(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(status line, body) of each answer in `data`, in order (Content-Length only)."""
+    found = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines
+                      if line.lower().startswith(b"content-length:"))
+        found.append((lines[0], rest[:length]))
+        data = rest[length:]
+    return found
+
+
+async def test_pipelined_requests_are_answered_in_order(gateway: StartGateway) -> None:
+    gw = gateway(["cat"])
+    requests = b"".join(
+        b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        % (i, len(b"body-%d" % i), b"body-%d" % i) for i in range(5))
+    requests += b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    got = answers(await asyncio.to_thread(raw, gw, requests))
+    assert got == [(b"HTTP/1.1 200 OK", b"body-%d" % i) for i in range(5)] + [
+        (b"HTTP/1.1 200 OK", b"OK")]
+
+
+async def test_http_1_0_is_answered_and_closed(gateway: StartGateway) -> None:
+    gw = gateway(["cat"])
+    answer = await asyncio.to_thread(
+        raw, gw, b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")  # returns at close
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nConnection: close\r\n" in answer
+    assert answer.endswith(b"\r\n\r\nhello")
+
+
+async def test_absolute_form_target(gateway: StartGateway) -> None:
+    gw = gateway([SH, "-c", 'printf "%s|%s" "$Http_Path" "$Http_Query"'])
+    answer = await asyncio.to_thread(
+        raw, gw, b"GET http://example.test/a/b?c=1 HTTP/1.1\r\nHost: x\r\n"
+                 b"Connection: close\r\n\r\n")
+    assert answers(answer) == [(b"HTTP/1.1 200 OK", b"/a/b|c=1")]
+
+
+async def test_refused_upload_is_dropped_and_the_connection_goes_on(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    """A 429 is answered while the body is still coming; the rest of it is read and
+    thrown away, and the next request on the connection is served."""
+    gw = gateway([SH, str(FUNCTIONS / "sleeper.sh")],
+                 env={"PIDS_DIR": str(tmp_path), "max_inflight": "1"})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as holder:
+        holder.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        await file_appears(tmp_path / "child")  # the one slot is taken
+
+        def upload() -> bytes:
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+                first = sock.recv(65536)  # answered before the body is sent
+                sock.sendall(b"x" * 3_000_000)
+                sock.sendall(b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                rest = b""
+                while chunk := sock.recv(65536):
+                    rest += chunk
+                return first + rest
+
+        got = answers(await asyncio.to_thread(upload))
+    assert [status for status, _ in got] == [b"HTTP/1.1 429 Too Many Requests",
+                                            b"HTTP/1.1 200 OK"]
+    await still_serving(gw)
+
+
+async def test_a_body_the_function_does_not_read_yet_is_held_bounded(
+        gateway: StartGateway) -> None:
+    """Backpressure: a function that sleeps before reading makes the gateway stop
+    reading the client, not buffer the upload."""
+    gw = gateway([SH, "-c", "sleep 2; wc -c"])
+    before = rss_kib(gw)
+
+    def upload() -> tuple[bytes, int]:
+        size = 64 << 20
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=20) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n" % size)
+            sock.settimeout(0.5)
+            sent, peak, chunk = 0, 0, b"x" * (1 << 16)
+            while sent < size:
+                try:
+                    sent += sock.send(chunk[: size - sent])
+                except TimeoutError:
+                    peak = max(peak, rss_kib(gw))  # the gateway is not reading: stuck
+                    continue
+            sock.settimeout(20)
+            answer = b""
+            while data := sock.recv(65536):
+                answer += data
+        return answer, peak
+
+    answer, peak = await asyncio.to_thread(upload)
+    assert answers(answer) == [(b"HTTP/1.1 200 OK", b"%d\n" % (64 << 20))]
+    assert peak - before < 16 * 1024, (before, peak)  # KiB: far from the 64 MiB sent
+
+
+async def test_upgrade_is_answered_then_closed(gateway: StartGateway) -> None:
+    gw = gateway(["cat"])
+    answer = await asyncio.to_thread(
+        raw, gw, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                 b"\r\n\x81\x05hello")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nConnection: close\r\n" in answer
+    await still_serving(gw)
+
+
+async def test_idle_keep_alive_is_closed_after_read_timeout(gateway: StartGateway) -> None:
+    gw = gateway(["cat"], env={"read_timeout": "1s"})
+
+    def idle() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            first = sock.recv(65536)
+            answered = time.monotonic()
+            assert sock.recv(1) == b""  # closed by the gateway
+            return first, time.monotonic() - answered
+
+    first, waited = await asyncio.to_thread(idle)
+    assert first.endswith(b"\r\n\r\nhi")
+    assert 0.5 < waited < 5
+
+
+async def test_many_idle_connections_cost_no_descriptor_leak(gateway: StartGateway) -> None:
+    gw = gateway(["cat"])
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    count = min(400, limit // 4)
+    fds_before = len(list(Path(f"/proc/{gw.proc.pid}/fd").iterdir()))
+    socks = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(count)]
+    try:
+        await still_serving(gw)
+    finally:
+        for sock in socks:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while len(list(Path(f"/proc/{gw.proc.pid}/fd").iterdir())) > fds_before + 2:
+        assert time.monotonic() < deadline, "connections' descriptors not closed"
+        await asyncio.sleep(0.05)

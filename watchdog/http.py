@@ -1,0 +1,586 @@
+"""HTTP/1.1 for the function port: asyncio.Protocol and llhttp (through httptools).
+
+Knows nothing of functions. A handler takes a `Request` and gives a `Response`,
+at once (a 429, a health check: no task, no coroutine) or from a coroutine run as
+one task per request (cancelled when the client hangs up).
+
+Why not aiohttp's server, which the metrics port still uses: on the path of every
+forked request, its request and response objects, stream reader and per-request
+machinery cost more than the rest of the gateway's Python together (bench/RESULTS.md
+has the profile). This is what the gateway needs of HTTP and no more: keep-alive
+and pipelining answered in order, Content-Length and chunked bodies with
+backpressure, `Expect: 100-continue`, bounded heads, idle and head deadlines, and
+a drain that closes idle connections and lets answers in progress finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import http
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from email.utils import formatdate
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+from watchdog.logs import FIELDS
+
+log = logging.getLogger("watchdog")
+
+# A head's limits (aiohttp's defaults, and the 16 KiB field the gateway always had).
+MAX_LINE = 8190
+MAX_FIELD = 16384
+MAX_HEADERS = 128
+# A body's unread bytes above which the connection stops reading, and below which
+# it reads again: what a slow function can make the gateway hold per request.
+BODY_HIGH_WATER = 256 * 1024
+BODY_LOW_WATER = 64 * 1024
+# Answers at most this large are written in one go; larger ones a piece at a time.
+WRITE_AT_ONCE = 256 * 1024
+# After an answer that closes the connection before the request's body has all
+# come (a 413, a 429), how long the rest is read and dropped, so that the client
+# reads the answer instead of a reset.
+LINGER = 5.0
+
+_PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+class BodyError(Exception):
+    """The request's body broke off or was malformed while it was being read."""
+
+
+class Response:
+    """`body` is sent as it is; `stream`, when given, instead, with `content_length`.
+    `on_sent` is called once the answer has left, or cannot leave any more."""
+
+    __slots__ = ("body", "close", "content_length", "headers", "on_sent", "status", "stream")
+
+    def __init__(
+        self,
+        status: int,
+        body: Sequence[bytes] = (),
+        headers: Mapping[str, str] | None = None,
+        *,
+        stream: Callable[[], AsyncIterator[bytes]] | None = None,
+        content_length: int = 0,
+        close: bool = False,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers if headers is not None else {}
+        self.stream = stream
+        self.content_length = content_length
+        self.close = close
+        self.on_sent = on_sent
+
+    @classmethod
+    def text(cls, status: int, text: str, **headers: str) -> Response:
+        return cls(status, [text.encode()],
+                   {"Content-Type": "text/plain; charset=utf-8", **headers})
+
+
+Outcome = Response | Awaitable[Response]
+Handler = Callable[["Request"], Outcome]
+
+
+class Body:
+    """A request's body as it arrives, bounded by the high-water mark."""
+
+    __slots__ = ("_chunks", "_connection", "_error", "_size", "_waiter", "complete", "dropped")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.complete = False
+        self.dropped = False  # answered without it: what comes is thrown away
+
+    @property
+    def held(self) -> int:
+        return self._size
+
+    def take(self) -> bytes:
+        """All of a complete body."""
+        assert self.complete
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._size -= len(chunk)
+                if self._size < BODY_LOW_WATER:
+                    self._connection.update_reading()
+                yield chunk
+            elif self._error is not None:
+                raise self._error
+            elif self.complete:
+                return
+            else:
+                self._waiter = self._connection.loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+    def drop(self) -> None:
+        self.dropped = True
+        self._chunks.clear()
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self.dropped:
+            return
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.complete and self._error is None:
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class Request:
+    __slots__ = ("_connection", "_fields", "body", "content_length", "headers",
+                 "keep_alive", "method", "path", "query", "store", "version")
+
+    def __init__(self, connection: Connection, method: str, target: bytes, version: str,
+                 headers: list[tuple[str, str]], keep_alive: bool) -> None:
+        self._connection = connection
+        self.method = method
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        if not target.startswith(b"/") and b"://" in target[:8]:
+            # The absolute form (`GET http://host/path`), as proxies send it.
+            url = httptools.parse_url(target)
+            target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        path, _, query = target.partition(b"?")
+        self.path = path.decode("utf-8", "surrogateescape")
+        if "%" in self.path:
+            self.path = unquote(self.path, errors="surrogateescape")
+        self.query = query.partition(b"#")[0].decode("utf-8", "surrogateescape")
+        fields: dict[str, str] = {}
+        for name, value in headers:
+            fields.setdefault(name.lower(), value)
+        self._fields = fields
+        length = fields.get("content-length")
+        self.content_length = int(length) if length is not None else None
+        self.body = Body(connection)
+        self.store: dict[str, Any] = {}  # what the handler notes on the request
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header; `name` in lower case."""
+        return self._fields.get(name)
+
+    @property
+    def host(self) -> str:
+        return self._fields.get("host", "")
+
+    def send_continue(self) -> None:
+        """`100 Continue`: invite the body a client holds back for it."""
+        self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: requests are answered one at a time, in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self.loop = server.loop
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._target = b""
+        self._headers: list[tuple[str, str]] = []
+        self._limit: str | None = None  # which limit a head passed
+        self._parsing: Request | None = None  # its message is still arriving
+        self._active: Request | None = None  # being answered
+        self._answered = False  # the active request's answer has been written
+        self._queue: collections.deque[Request] = collections.deque()  # pipelined
+        self._task: asyncio.Task[Any] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._closing = False  # close once the active request is done
+        self._broken = False  # the parser failed: nothing more can be read
+        self._reading = True
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # --- transport events -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports have the interface without the class.
+        self._transport = cast(asyncio.Transport, transport)
+        self._server.connections.add(self)
+        self._arm(self._server.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._server.connections.discard(self)
+        if self._active is not None:
+            self._server.ended()
+        self._disarm()
+        gone = ConnectionResetError("the client closed the connection")
+        for request in (self._parsing, self._active, *self._queue):
+            if request is not None:
+                request.body.fail(gone)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the handler ends what it started
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(gone)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No other protocol is spoken here: answer what came, then close.
+            self._closing = True
+            if self._parsing is not None:
+                self.on_message_complete()
+        except httptools.HttpParserError as exc:
+            self._bad_request(exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # --- parser callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._target = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        if len(self._target) > MAX_LINE:
+            self._limit = f"request target longer than {MAX_LINE} bytes"
+            raise ValueError(self._limit)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_FIELD:
+            self._limit = f"header field longer than {MAX_FIELD} bytes"
+            raise ValueError(self._limit)
+        if len(self._headers) >= MAX_HEADERS:
+            self._limit = f"more than {MAX_HEADERS} header fields"
+            raise ValueError(self._limit)
+        self._headers.append((name.decode("latin-1"),
+                              value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        request = Request(self, parser.get_method().decode("ascii", "replace"), self._target,
+                          parser.get_http_version(), self._headers,
+                          parser.should_keep_alive())
+        self._parsing = request
+        if self._active is None:
+            self._disarm()
+            self._start(request)
+        else:
+            self._queue.append(request)
+            self.update_reading()
+
+    def on_body(self, chunk: bytes) -> None:
+        request = self._parsing
+        if request is not None:
+            request.body.feed(chunk)
+            if request.body.held > BODY_HIGH_WATER:
+                self.update_reading()
+
+    def on_message_complete(self) -> None:
+        request, self._parsing = self._parsing, None
+        if request is None:
+            return
+        request.body.finish()
+        if request is self._active and self._answered:
+            self._next()
+
+    # --- answering ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def update_reading(self) -> None:
+        """Read unless a body is held above its high-water mark or requests queue up."""
+        transport = self._transport
+        if transport is None or self._broken:
+            return
+        parsing = self._parsing
+        want = not self._queue and (parsing is None or parsing.body.held < BODY_HIGH_WATER)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def close_when_idle(self) -> None:
+        """Close now if no request is being answered, else after its answer."""
+        self._closing = True
+        if self._active is None and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _start(self, request: Request) -> None:
+        if self._active is None:
+            self._server.began()
+        self._active = request
+        self._answered = False
+        try:
+            outcome = self._server.handler(request)
+        except Exception:
+            log.exception("request failed")
+            outcome = Response.text(500, "Gateway error: see the gateway's log.\n")
+        if isinstance(outcome, Response):
+            self._respond(request, outcome)
+        else:
+            self._task = self.loop.create_task(outcome)  # type: ignore[arg-type]
+            self._task.add_done_callback(self._handled)
+
+    def _handled(self, task: asyncio.Task[Response]) -> None:
+        self._task = None
+        if task.cancelled() or self._active is None:
+            return  # the client is gone
+        error = task.exception()
+        if error is not None:
+            log.error("request failed", exc_info=error)
+            response = Response.text(500, "Gateway error: see the gateway's log.\n")
+        else:
+            response = task.result()
+        self._respond(self._active, response)
+
+    def _respond(self, request: Request, response: Response) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._sent(response)
+            return
+        if response.close or not request.keep_alive:
+            self._closing = True
+        if response.stream is None:
+            size = 0
+            for piece in response.body:
+                size += len(piece)
+        else:
+            size = response.content_length
+        head = self._head(request, response, size)
+        if response.stream is None and size <= WRITE_AT_ONCE:
+            if request.method == "HEAD" or not response.body:
+                transport.write(head)
+            else:
+                transport.writelines((head, *response.body))
+            self._sent(response)
+            self._done(request)
+        else:
+            self._task = self.loop.create_task(self._write_out(request, response, head))
+
+    async def _write_out(self, request: Request, response: Response, head: bytes) -> None:
+        try:
+            self.write(head)
+            if request.method != "HEAD":
+                pieces = response.stream() if response.stream is not None else _each(
+                    response.body)
+                async for piece in pieces:
+                    if self._transport is None:
+                        return
+                    self._transport.write(piece)
+                    if self._write_paused:
+                        self._drained = self.loop.create_future()
+                        await self._drained
+        except ConnectionError:
+            return
+        except Exception:
+            log.exception("sending the answer failed")
+            self.abort()
+            return
+        finally:
+            self._task = None
+            self._drained = None
+            self._sent(response)
+        self._done(request)
+
+    def _done(self, request: Request) -> None:
+        """The answer is written: on to the next request once this one's body is in."""
+        self._answered = True
+        if request.body.complete or self._broken:
+            self._next()
+            return
+        # Answered before its body came (a 429, a 413, a read timeout): read the rest
+        # and throw it away, or, closing anyway, for a little while only.
+        request.body.drop()
+        self.update_reading()
+        if self._closing:
+            self._arm(LINGER)
+
+    def _next(self) -> None:
+        if self._active is not None:
+            self._active = None
+            self._server.ended()
+        if self._closing or self._transport is None:
+            if self._transport is not None:
+                self._transport.close()
+            return
+        if self._queue:
+            request = self._queue.popleft()
+            self.update_reading()
+            self._start(request)
+        else:
+            self._arm(self._server.idle_timeout)
+
+    def _head(self, request: Request, response: Response, size: int) -> bytes:
+        status = response.status
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))]
+        for name, value in response.headers.items():
+            lines.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+        lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (size, self._server.date()))
+        if self._closing:
+            lines.append(b"Connection: close\r\n")
+        elif request.version == "1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    @staticmethod
+    def _sent(response: Response) -> None:
+        if response.on_sent is not None:
+            callback, response.on_sent = response.on_sent, None
+            callback()
+
+    def _bad_request(self, exc: Exception) -> None:
+        """A head that breaks the rules, or a body that does: 400 (431 for a head
+        over the limits) and the connection closes, since nothing after can be read."""
+        reason = self._limit or str(exc) or type(exc).__name__
+        status = 431 if self._limit else 400
+        self._closing = True
+        if self._broken:
+            return  # said once already
+        self._broken = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+            self._reading = False
+        parsing = self._parsing
+        if parsing is not None and (parsing is self._active or parsing in self._queue):
+            # Its head was fine and its handler has it: the body reader learns it.
+            parsing.body.fail(BodyError(reason))
+            return
+        log.warning("bad request", extra={FIELDS: {"status": status, "reason": reason}})
+        if self._active is None and self._transport is not None:
+            body = f"Bad request: {reason}\n".encode()
+            self._transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (status, _PHRASES[status], len(body), body))
+            self._transport.close()
+
+    def _arm(self, seconds: float) -> None:
+        """Close, unanswered, unless a request's head is complete within `seconds`."""
+        self._disarm()
+        if seconds:
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self._transport is not None and (self._active is None or self._answered):
+            self._transport.close()
+
+
+class HttpServer:
+    """Listens, and keeps the connections for the drain: `stop_listening`, then
+    `close_idle`, then `shutdown`."""
+
+    def __init__(self, handler: Handler, *, idle_timeout: float) -> None:
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[Connection] = set()
+        self._servers: list[asyncio.Server] = []
+        self._busy = 0  # connections answering a request
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._second = -1
+        self._date = b""
+
+    async def listen(self, host: str | None, port: int, *, reuse_port: bool = False,
+                     backlog: int = 1024) -> tuple[str, int]:
+        server = await self.loop.create_server(
+            lambda: Connection(self), host, port, reuse_address=True, reuse_port=reuse_port,
+            backlog=backlog)
+        self._servers.append(server)
+        for sock in server.sockets:
+            # Answers are written whole; do not hold their last segment back.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        name = server.sockets[-1].getsockname()
+        return str(name[0]), int(name[1])
+
+    def stop_listening(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    def close_idle(self) -> None:
+        for connection in list(self.connections):
+            connection.close_when_idle()
+
+    def began(self) -> None:
+        self._busy += 1
+        self._quiet.clear()
+
+    def ended(self) -> None:
+        self._busy -= 1
+        if not self._busy:
+            self._quiet.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop listening, close what is idle, give answers in progress `grace`
+        seconds, then cut what is left."""
+        self.stop_listening()
+        self.close_idle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._quiet.wait()
+        for connection in list(self.connections):
+            connection.abort()
+        await asyncio.sleep(0)  # let connection_lost run
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._date = formatdate(now, usegmt=True).encode()
+        return self._date
+
+
+async def _each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
