@@ -60,6 +60,20 @@ class Server:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
+    def cpu_split(self) -> tuple[float, float]:
+        """(the gateway's own CPU seconds, its functions' that it reaped): the process
+        and, under `--workers`, its workers (its children of the same name)."""
+        own = reaped = 0.0
+        name = _stat(self.proc.pid)[0]
+        for pid in (self.proc.pid, *_children(self.proc.pid)):
+            fields = _stat(pid)
+            if fields and fields[0] == name:
+                ticks = [int(v) for v in fields[12:16]]
+                own += ticks[0] + ticks[1]
+                reaped += ticks[2] + ticks[3]
+        hz = os.sysconf("SC_CLK_TCK")
+        return own / hz, reaped / hz
+
     def memory_kib(self, field: str = "VmRSS") -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -83,6 +97,23 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat as fields, the name first (unparenthesised); [] once gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    head, _, tail = text.rpartition(")")
+    return [head.partition("(")[2], *tail.split()]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def gateway(folder: Path, command: list[str], *, log_name: str = "gateway.log",
@@ -128,6 +159,9 @@ class Rate:
     non_2xx: int = 0
     requests: int = 0
     driver_cpu: float = math.nan  # the load generator's CPU, in cores
+    server_us: float = math.nan  # the server's own CPU a request, in µs
+    function_us: float = math.nan  # its functions' CPU a request (what it reaped)
+    all_us: float = math.nan  # everything the measured thing used a request
 
 
 def wrk(url: str, seconds: float, connections: int, script: Path | None = None) -> Rate:
@@ -168,7 +202,22 @@ def median_rate(rates: list[Rate]) -> Rate:
         return statistics.median(values) if values else math.nan
     return Rate(med([r.rps for r in rates]), med([r.p50_ms for r in rates]),
                 med([r.p99_ms for r in rates]), sum(r.non_2xx for r in rates),
-                sum(r.requests for r in rates), med([r.driver_cpu for r in rates]))
+                sum(r.requests for r in rates), med([r.driver_cpu for r in rates]),
+                med([r.server_us for r in rates]), med([r.function_us for r in rates]),
+                med([r.all_us for r in rates]))
+
+
+def wrk_with_cpu(server: Server, seconds: float, connections: int,
+                 script: Path | None = None) -> Rate:
+    """`wrk` against `server`, with the server's and its functions' CPU a request."""
+    own, reaped = server.cpu_split()
+    rate = wrk(server.url, seconds, connections, script)
+    own_after, reaped_after = server.cpu_split()
+    if rate.requests:
+        rate.server_us = (own_after - own) / rate.requests * 1e6
+        rate.function_us = (reaped_after - reaped) / rate.requests * 1e6
+        rate.all_us = rate.server_us + rate.function_us
+    return rate
 
 
 def ms(value: float) -> str:

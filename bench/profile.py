@@ -22,7 +22,8 @@ from bench.common import POST_100, gateway, replace_section, wrk
 AREAS = (  # first match wins, on the innermost frame's file
     ("starting the function (posix_spawn, blocked in vfork)", ("process.py", "spawn")),
     ("the event loop, idle or in C", ("runners.py", "")),
-    ("aiohttp (HTTP parsing, responses)", ("aiohttp/", "")),
+    ("HTTP (watchdog/http.py: httptools' callbacks, answers)", ("watchdog/http.py", "")),
+    ("aiohttp (the metrics port; before: the function port too)", ("aiohttp/", "")),
     ("watchdog (executor, process, server, logs, metrics)", ("watchdog/", "")),
     ("prometheus-client", ("prometheus_client/", "")),
     ("asyncio", ("asyncio/", "")),
@@ -67,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(own.values()) or 1
     lines = [
         f"py-spy, 500 Hz, {args.seconds:g} s, while wrk -c16 drives `cat` "
-        f"({rate.rps:,.0f} req/s during the profile); shares of the samples in which the "
-        "gateway's thread was not idle.",
+        f"({rate.rps:,.0f} req/s during the profile; the gateway's thread busy "
+        f"{total / (args.seconds * 500):.0%} of the time, "
+        f"{total * 2000 / (rate.rps * args.seconds):.0f} µs a request); shares of the "
+        "samples in which it was not idle.",
         "",
         "| area | share |",
         "|---|---:|",

@@ -7,8 +7,9 @@ in the same run, a table per section in bench/RESULTS.md and a plot.
     python bench/suite.py --against /path/to/fwatchdog   # another watchdog, side by side
 
 Sections:
-  echo      `cat` per 100-byte POST, wrk -c16: the gateway (uvloop, asyncio) against a
-            C loop of posix_spawn+pipe of the same command (4 threads), the physical limit
+  echo      `cat` per 100-byte POST, wrk -c16: the gateway (uvloop, asyncio, 2 workers,
+            functions at the gateway's priority) against a C loop of posix_spawn+pipe
+            of the same command (4 threads), the physical limit, with CPU a request
   shed      limit 4 held by sleeping functions, wrk -c64: answers/s of 429 against a
             null aiohttp server that only answers that 429 (the HTTP ceiling)
   overload  locust (headless, FastHttpUser) at rising concurrency against limit 4:
@@ -53,6 +54,7 @@ from bench.common import (
     null_server,
     replace_section,
     wrk,
+    wrk_with_cpu,
 )
 
 SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar")
@@ -76,35 +78,47 @@ class Suite:
         rows: dict[str, list[Rate]] = {}
         for _ in range(self.runs):  # interleaved, so that all share the machine's mood
             if loop_binary is not None:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 out = subprocess.run([str(loop_binary), "4", str(self.seconds), "cat"],
                                      capture_output=True, text=True, check=True,
                                      timeout=self.seconds + 30).stdout
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                runs = float(out) * self.seconds
+                used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                 rows.setdefault("C loop: posix_spawn + pipe of cat, 4 threads", []).append(
-                    Rate(float(out)))
-            for loop, workers in (("uvloop", 1), ("asyncio", 1), ("uvloop", 2)):
+                    Rate(float(out), all_us=used / runs * 1e6 if runs else math.nan))
+            for loop, workers, nice in (("uvloop", 1, "5"), ("asyncio", 1, "5"),
+                                        ("uvloop", 2, "5"), ("uvloop", 1, "0")):
                 with gateway(self.folder, ["cat"], WATCHDOG_LOOP=loop, WATCHDOG_WORKERS=str(
-                        workers), WATCHDOG_LOG_LEVEL="INFO") as gw:
+                        workers), WATCHDOG_FUNCTION_NICE=nice, WATCHDOG_LOG_LEVEL="INFO") as gw:
                     rows.setdefault(f"fwatchdog -- cat (loop={loop}, workers={workers}, "
-                                    "log INFO)", []).append(
-                        wrk(gw.url, self.seconds, 16, self.post))
+                                    f"function_nice={nice}, log INFO)", []).append(
+                        wrk_with_cpu(gw, self.seconds, 16, self.post))
             if self.args.against:
                 with foreign_watchdog(self.args.against, self.folder, ["cat"]) as other:
                     rows.setdefault(f"--against {self.args.against}", []).append(
-                        wrk(other.url, self.seconds, 16, self.post))
+                        wrk_with_cpu(other, self.seconds, 16, self.post))
         medians = {name: median_rate(rates) for name, rates in rows.items()}
         ceiling = next(iter(medians.values())).rps if loop_binary is not None else math.nan
         lines = [
             f"`cat` per request, 100-byte POST, wrk -t2 -c16, {self.seconds:g} s x "
             f"{self.runs} runs, medians; {os.cpu_count()} cores.",
             "",
-            "| what | req/s | p50 ms | p99 ms | non-2xx | of the C loop | wrk CPU (cores) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "CPU a request, in µs: the gateway's own, its functions' (the `cat`s it reaped), "
+            "and all of it (for the C loop: the loop and its `cat`s). The machine has "
+            f"{os.cpu_count()} x 1 s of CPU a second: when it is all used, the ratio to the C "
+            "loop is the ratio of these totals.",
+            "",
+            "| what | req/s | p50 ms | p99 ms | non-2xx | of the C loop | wrk CPU (cores) "
+            "| gateway µs | functions µs | all µs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, rate in medians.items():
             share = "–" if math.isnan(ceiling) else f"{rate.rps / ceiling:.0%}"
             cpu = "–" if math.isnan(rate.driver_cpu) else f"{rate.driver_cpu:.2f}"
             lines.append(f"| {name} | {rate.rps:,.0f} | {ms(rate.p50_ms)} | {ms(rate.p99_ms)} "
-                         f"| {rate.non_2xx} | {share} | {cpu} |")
+                         f"| {rate.non_2xx} | {share} | {cpu} | {_us(rate.server_us)} "
+                         f"| {_us(rate.function_us)} | {_us(rate.all_us)} |")
         if loop_binary is None:
             lines.append("\n(no C compiler here: the C loop was not measured)")
         return "\n".join(lines)
@@ -380,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
             if write:
                 replace_section(TITLES[name], command, body)
     return 0
+
+
+def _us(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:,.0f}"
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ def test_sizes(text: str, size: int) -> None:
     ({"write_debug": "maybe"}, "write_debug='maybe'"),
     ({"WATCHDOG_MAX_BODY_BYTES": "lots"}, "WATCHDOG_MAX_BODY_BYTES='lots'"),
     ({"WATCHDOG_LOG_LEVEL": "loud"}, "WATCHDOG_LOG_LEVEL='loud'"),
+    ({"WATCHDOG_FUNCTION_NICE": "20"}, "WATCHDOG_FUNCTION_NICE='20'"),
+    ({"WATCHDOG_FUNCTION_NICE": "-1"}, "WATCHDOG_FUNCTION_NICE='-1'"),
     ({"WATCHDOG_BIND_ADDRESS": "not an address"}, "WATCHDOG_BIND_ADDRESS='not an address'"),
 ])
 def test_bad_values_name_the_variable_value_and_form(env: dict[str, str], named: str) -> None:

@@ -505,3 +505,14 @@ async def test_expect_100_continue_is_withheld_from_a_refused_upload(
         await file_appears(tmp_path / "child")  # that one holds the only slot now...
         busy = await asyncio.to_thread(ask, 5 << 20)
         assert busy == b"HTTP/1.1 429 Too Many Requests"  # ...so no invitation to upload
+
+
+@pytest.mark.parametrize(("setting", "nicer"), [(None, 5), ("0", 0), ("12", 12)])
+async def test_functions_run_nicer_than_the_gateway(gateway: StartGateway, setting: str | None,
+                                                    nicer: int) -> None:
+    # The nice value is set as the program starts: read it a moment later.
+    gw = gateway([SH, "-c", "sleep 0.2; cut -d' ' -f19 /proc/$$/stat"],
+                 env={} if setting is None else {"WATCHDOG_FUNCTION_NICE": setting})
+    status, _, body = await fetch("POST", gw.url, b"")
+    own = int(Path(f"/proc/{gw.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    assert (status, int(body)) == (200, min(19, own + nicer))

@@ -155,3 +155,30 @@ async def test_many_idle_connections_cost_no_descriptor_leak(gateway: StartGatew
     while len(list(Path(f"/proc/{gw.proc.pid}/fd").iterdir())) > fds_before + 2:
         assert time.monotonic() < deadline, "connections' descriptors not closed"
         await asyncio.sleep(0.05)
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_buffered_for(
+        gateway: StartGateway) -> None:
+    """Pipelined requests whose answers are never read: once the answers back up, the
+    gateway stops taking requests (and reading), instead of holding every answer."""
+    gw = gateway(["cat"])
+    before = rss_kib(gw)
+    request = b"GET /_/health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def flood() -> int:
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            sock.settimeout(2)
+            batch, sent = request * 2000, 0
+            deadline = time.monotonic() + 10
+            try:
+                while sent < 200 << 20 and time.monotonic() < deadline:
+                    sent += sock.send(batch)
+            except TimeoutError:
+                pass  # the gateway stopped reading: what this test wants
+            return sent
+
+    sent = await asyncio.to_thread(flood)
+    assert sent < 64 << 20, sent  # bytes the gateway took before it stopped reading
+    assert rss_kib(gw) - before < 32 * 1024
+    await still_serving(gw)

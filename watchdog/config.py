@@ -71,6 +71,13 @@ def parse_positive(text: str) -> int:
     return number
 
 
+def parse_nice(text: str) -> int:
+    number = parse_count(text)
+    if number > 19:
+        raise _Invalid
+    return number
+
+
 def parse_port(text: str) -> int:
     port = parse_count(text)
     if port > 65535:
@@ -256,6 +263,11 @@ SETTINGS: tuple[Setting, ...] = (
             "group killed"),
     Setting("kill_grace", ("WATCHDOG_KILL_GRACE",), "2s", parse_duration, DURATION,
             "time between SIGTERM and SIGKILL when a function's group is stopped"),
+    Setting("function_nice", ("WATCHDOG_FUNCTION_NICE",), "5", parse_nice,
+            "an integer from 0 to 19",
+            "how much nicer than the gateway its functions run (added to its nice value), "
+            "so that health checks and 429s stay fast while functions fill the CPU; 0: "
+            "the same priority, as the Go watchdog"),
     Setting("service_name", ("OSCAR_SERVICE_NAME",), "", parse_name,
             "letters, digits, '.', '_' and '-'",
             "oscar mode: the service served at /run/NAME (empty: any name)"),
@@ -300,6 +312,7 @@ class Config:
     max_body_bytes: int
     max_output_bytes: int
     kill_grace: float
+    function_nice: int
     service_name: str
     service_token: str = field(repr=False)  # a secret: never in logs or reprs
     service_token_file: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -60,6 +61,10 @@ class Executor:
         self._reject_key = (-1, -1)
         self._reject_headers: dict[str, str] = {}
         self.live: dict[int, FunctionProcess] = {}  # by pid
+        # Functions run this much nicer than the gateway, which keeps the CPU it
+        # needs to answer health checks and 429s while they fill the rest.
+        self._nice = (min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.function_nice)
+                      if config.function_nice else None)
         self.reaper = OrphanReaper(lambda pid: pid in self.live)
 
     def reject_body_size(self, content_length: int | None) -> Result | None:
@@ -109,7 +114,8 @@ class Executor:
             return self._too_large()
         try:
             proc = spawn(config.fprocess, env, combine_output=config.combine_output,
-                         max_output=config.max_output_bytes, kill_grace=config.kill_grace)
+                         max_output=config.max_output_bytes, kill_grace=config.kill_grace,
+                         nice=self._nice)
         except SpawnError as exc:
             self._give_back(on_gone)
             log.error("cannot start function: %s", exc.strerror)

@@ -267,6 +267,8 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        elif self._active is None:
+            self._go_on()  # the next request waited for the client to read
 
     # --- parser callbacks -------------------------------------------------------------
 
@@ -297,7 +299,6 @@ class Connection(asyncio.Protocol):
                           parser.should_keep_alive())
         self._parsing = request
         if self._active is None:
-            self._disarm()
             self._start(request)
         else:
             self._queue.append(request)
@@ -330,7 +331,8 @@ class Connection(asyncio.Protocol):
         if transport is None or self._broken:
             return
         parsing = self._parsing
-        want = not self._queue and (parsing is None or parsing.body.held < BODY_HIGH_WATER)
+        want = (not self._queue and not self._write_paused
+                and (parsing is None or parsing.body.held < BODY_HIGH_WATER))
         if want != self._reading:
             self._reading = want
             if want:
@@ -349,6 +351,7 @@ class Connection(asyncio.Protocol):
             self._transport.abort()
 
     def _start(self, request: Request) -> None:
+        self._disarm()  # a head is complete: the idle deadline is met
         if self._active is None:
             self._server.began()
         self._active = request
@@ -442,15 +445,25 @@ class Connection(asyncio.Protocol):
         if self._active is not None:
             self._active = None
             self._server.ended()
+        self._go_on()
+
+    def _go_on(self) -> None:
         if self._closing or self._transport is None:
             if self._transport is not None:
                 self._transport.close()
+            return
+        if self._write_paused:
+            # The client does not read its answers: take no new request (and read
+            # nothing) until it does, or they would pile up here.
+            self.update_reading()
+            self._arm(self._server.idle_timeout)
             return
         if self._queue:
             request = self._queue.popleft()
             self.update_reading()
             self._start(request)
         else:
+            self.update_reading()
             self._arm(self._server.idle_timeout)
 
     def _head(self, request: Request, response: Response, size: int) -> bytes:
@@ -488,6 +501,8 @@ class Connection(asyncio.Protocol):
         if parsing is not None and (parsing is self._active or parsing in self._queue):
             # Its head was fine and its handler has it: the body reader learns it.
             parsing.body.fail(BodyError(reason))
+            if parsing is self._active and self._answered:
+                self._next()  # answered already (a 429): only closing is left
             return
         log.warning("bad request", extra={FIELDS: {"status": status, "reason": reason}})
         if self._active is None and self._transport is not None:

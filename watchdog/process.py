@@ -347,9 +347,11 @@ def spawn(
     combine_output: bool,
     max_output: int,
     kill_grace: float,
+    nice: int | None = None,
 ) -> FunctionProcess:
     """Start `argv` with `env`; its stdin and stdout (and stderr when
-    `combine_output`, else the gateway's stderr) are pipes. Raises SpawnError."""
+    `combine_output`, else the gateway's stderr) are pipes; `nice`, when given, is
+    its nice value. Raises SpawnError."""
     loop = asyncio.get_running_loop()
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
@@ -374,6 +376,11 @@ def spawn(
     finally:
         os.close(stdin_r)
         os.close(stdout_w)
+    if nice is not None:
+        # posix_spawn cannot set it: set it now, as the program starts (what it
+        # forks from here on inherits it). Raising a child's nice needs no privilege.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
     # Our ends only (the function's stay blocking); a new pipe end has no other
     # status flag to keep, so one F_SETFL does what set_blocking's two calls do.
     fcntl.fcntl(stdin_w, fcntl.F_SETFL, os.O_NONBLOCK)
