@@ -1,7 +1,7 @@
 """One invocation: admit or reject, spawn, feed the body, enforce the deadlines,
 and turn the function's end into a status and a body.
 
-Knows nothing of aiohttp: the body arrives as bytes (all of it) or as an async
+Knows nothing of HTTP: the body arrives as bytes (all of it) or as an async
 iterator of chunks, and the answer leaves as a `Result`, so the HTTP layer and OSCAR mode share it.
 """
 

@@ -5,7 +5,7 @@ else strictly base64-decoded as it streams in); the script runs in a private
 workspace; what it leaves in $TMP_OUTPUT_DIR comes back base64-encoded (one file
 as it is, several as a zip), or its own output when it leaves nothing.
 
-Knows nothing of aiohttp; runs the script through the core's Executor, so the
+Knows nothing of HTTP; runs the script through the core's Executor, so the
 limit, timeouts, process groups and metrics are the ones of classic mode.
 """
 

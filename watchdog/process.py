@@ -172,8 +172,9 @@ class FunctionProcess:
             # The function ended on its own; only strays may remain: sweep them.
             self._finish()
             return
-        if self._stopped_for is None:
-            self._stopped_for = reason
+        if self._stopped_for is not None:
+            return  # stopping already: SIGKILL is on its way
+        self._stopped_for = reason
         self._signal_group(signal.SIGTERM)
         self._timers.append(self._loop.call_later(self._kill_grace, self._kill))
 
