@@ -35,9 +35,18 @@ def test_benchmark_suite_smoke() -> None:
         return float(match.group(1).replace(",", ""))
 
     assert rate("C loop: posix_spawn + pipe of cat, 4 threads") > 0
-    assert rate("fwatchdog -- cat (loop=uvloop, workers=1, log INFO)") > 0
-    assert rate("fwatchdog -- cat (loop=uvloop, workers=2, log INFO)") > 0
+    assert rate("fwatchdog -- cat (loop=uvloop, workers=1, function_nice=5, log INFO)") > 0
+    assert rate("fwatchdog -- cat (loop=uvloop, workers=1, function_nice=0, log INFO)") > 0
+    assert rate("fwatchdog -- cat (loop=uvloop, workers=2, function_nice=5, log INFO)") > 0
     assert rate("fwatchdog, max_inflight=4 held, workers=1 (log INFO)") > 0
+    # CPU a request: the gateway's, its functions', all of it (numbers, not "–").
+    row = next(line for line in out.splitlines()
+               if line.startswith("| fwatchdog -- cat (loop=uvloop, workers=1, function_nice=5"))
+    gateway_us, function_us, all_us = (float(cell.replace(",", ""))
+                                       for cell in row.strip("| ").split(" | ")[-3:])
+    assert gateway_us > 0
+    assert function_us > 0
+    assert all_us == pytest.approx(gateway_us + function_us, abs=2)
     assert rate("fwatchdog, max_inflight=4 held, workers=2 (log INFO)") > 0
     assert re.search(r"^\| 8 \| [\d,]+ \| [\d.,]+ \|", out, re.MULTILINE), out  # locust ran
     assert "| idle RSS |" in out
