@@ -4,13 +4,16 @@ gateway: what clients other than aiohttp's do, and what a bad one does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FUNCTIONS, StartGateway
-from tests.test_gateway import file_appears
+from tests.test_gateway import fetch, file_appears
 from tests.test_reliability import SH, raw, rss_kib, still_serving
 
 
@@ -55,10 +58,12 @@ async def test_absolute_form_target(gateway: StartGateway) -> None:
     assert answers(answer) == [(b"HTTP/1.1 200 OK", b"/a/b|c=1")]
 
 
+@pytest.mark.parametrize(("size", "goes_on"), [(100_000, True), (3_000_000, False)])
 async def test_refused_upload_is_dropped_and_the_connection_goes_on(
-        gateway: StartGateway, tmp_path: Path) -> None:
-    """A 429 is answered while the body is still coming; the rest of it is read and
-    thrown away, and the next request on the connection is served."""
+        gateway: StartGateway, tmp_path: Path, size: int, goes_on: bool) -> None:
+    """A 429 is answered while the body is still coming. As Go's net/http: up to
+    256 KiB left, the rest is read and dropped and the connection serves its next
+    request; more, and the connection closes after the answer."""
     gw = gateway([SH, str(FUNCTIONS / "sleeper.sh")],
                  env={"PIDS_DIR": str(tmp_path), "max_inflight": "1"})
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as holder:
@@ -67,18 +72,26 @@ async def test_refused_upload_is_dropped_and_the_connection_goes_on(
 
         def upload() -> bytes:
             with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
-                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                             % size)
                 first = sock.recv(65536)  # answered before the body is sent
-                sock.sendall(b"x" * 3_000_000)
-                sock.sendall(b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 rest = b""
-                while chunk := sock.recv(65536):
-                    rest += chunk
+                with contextlib.suppress(ConnectionError):
+                    sock.sendall(b"x" * size)
+                    sock.sendall(
+                        b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    while chunk := sock.recv(65536):
+                        rest += chunk
                 return first + rest
 
-        got = answers(await asyncio.to_thread(upload))
-    assert [status for status, _ in got] == [b"HTTP/1.1 429 Too Many Requests",
-                                            b"HTTP/1.1 200 OK"]
+        data = await asyncio.to_thread(upload)
+    got = answers(data)
+    assert got[0][0] == b"HTTP/1.1 429 Too Many Requests"
+    if goes_on:
+        assert [status for status, _ in got[1:]] == [b"HTTP/1.1 200 OK"]
+    else:
+        assert len(got) == 1
+        assert b"\r\nConnection: close\r\n" in data
     await still_serving(gw)
 
 
@@ -182,3 +195,102 @@ async def test_a_client_that_does_not_read_its_answers_is_not_buffered_for(
     assert sent < 64 << 20, sent  # bytes the gateway took before it stopped reading
     assert rss_kib(gw) - before < 32 * 1024
     await still_serving(gw)
+
+
+async def test_an_early_answer_does_not_wait_for_a_huge_body(gateway: StartGateway) -> None:
+    """A 413 for a declared 10 GB: the connection closes after the answer (a little
+    reading and dropping at most), it does not read 10 GB nor wait for them."""
+    gw = gateway(["cat"], env={"WATCHDOG_MAX_BODY_BYTES": "100"})
+
+    def stall() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n"
+                         + b"x" * 1000)
+            started = time.monotonic()
+            data = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := sock.recv(65536):
+                    data += chunk
+            return data, time.monotonic() - started
+
+    data, waited = await asyncio.to_thread(stall)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nConnection: close\r\n" in data
+    assert waited < 8  # the linger (5 s), not the client's pace
+
+
+async def test_chunked_trailers_are_not_headers(gateway: StartGateway) -> None:
+    gw = gateway(["env"])
+    answer = await asyncio.to_thread(
+        raw, gw, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Connection: close\r\n\r\n2\r\nhi\r\n0\r\nX-Injected: from-trailer\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"Http_Transfer_Encoding=chunked" in answer
+    assert b"X_Injected" not in answer
+
+
+async def test_an_endless_header_is_cut_at_the_head_limit(gateway: StartGateway) -> None:
+    gw = gateway(["cat"])
+    before = rss_kib(gw)
+
+    def endless() -> bytes:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+            with contextlib.suppress(ConnectionError):
+                for _ in range(64):  # 4 MiB, in pieces too short to complete a field
+                    sock.sendall(b"a" * 65536)
+            with contextlib.suppress(ConnectionError):
+                return sock.recv(65536)
+            return b""
+
+    answer = await asyncio.to_thread(endless)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert rss_kib(gw) - before < 8 * 1024
+    await still_serving(gw)
+
+
+async def test_a_big_answer_nobody_reads_is_let_go(gateway: StartGateway) -> None:
+    """A client that stops reading a streamed answer is cut after the idle deadline,
+    as one that stops sending is: the request ends and its slot is free."""
+    gw = gateway([SH, "-c", "head -c 20000000 /dev/zero"],
+                 env={"read_timeout": "1s", "max_inflight": "1"})
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while True:  # the slot is given back although this client never reads
+            try:
+                status, _, _ = await fetch("GET", gw.url + "/_/ready")
+            except OSError:
+                status = 0
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, "the unread answer still holds its slot"
+            await asyncio.sleep(0.2)
+    await still_serving(gw)
+
+
+async def test_marshal_request_body_has_the_read_timeout(gateway: StartGateway) -> None:
+    gw = gateway(["cat"], env={"marshal_request": "true", "read_timeout": "1s"})
+
+    def trickle() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx")
+            started = time.monotonic()
+            return sock.recv(65536), time.monotonic() - started
+
+    answer, waited = await asyncio.to_thread(trickle)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert waited < 5
+
+
+async def test_head_health_and_no_upload_invited_for_a_refusal(gateway: StartGateway) -> None:
+    gw = gateway(["cat"])
+    answer = await asyncio.to_thread(
+        raw, gw, b"HEAD /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\n")  # no body for HEAD
+    refused = await asyncio.to_thread(
+        raw, gw, b"TRACE / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 405 ")  # no "100 Continue" first

@@ -37,15 +37,21 @@ log = logging.getLogger("watchdog")
 MAX_LINE = 8190
 MAX_FIELD = 16384
 MAX_HEADERS = 128
+# All of a head, however it is split (Go's MaxHeaderBytes): llhttp gathers a field
+# before the per-field check can see it.
+MAX_HEAD = 2**20
 # A body's unread bytes above which the connection stops reading, and below which
 # it reads again: what a slow function can make the gateway hold per request.
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
 # Answers at most this large are written in one go; larger ones a piece at a time.
 WRITE_AT_ONCE = 256 * 1024
-# After an answer that closes the connection before the request's body has all
-# come (a 413, a 429), how long the rest is read and dropped, so that the client
-# reads the answer instead of a reset.
+# After an answer sent before the request's body has all come (a 413, a 429), the
+# rest is read and dropped if at most this much is left (the connection then serves
+# the next request, as Go's net/http does), else the connection closes...
+DROP_AT_MOST = 256 * 1024
+# ...after reading and dropping for this long at most, so that the client reads the
+# answer instead of a reset. Also how long a closing connection may take to flush.
 LINGER = 5.0
 
 _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
@@ -93,7 +99,8 @@ Handler = Callable[["Request"], Outcome]
 class Body:
     """A request's body as it arrives, bounded by the high-water mark."""
 
-    __slots__ = ("_chunks", "_connection", "_error", "_size", "_waiter", "complete", "dropped")
+    __slots__ = ("_chunks", "_connection", "_error", "_size", "_waiter", "complete", "dropped",
+                 "received")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -103,6 +110,7 @@ class Body:
         self._waiter: asyncio.Future[None] | None = None
         self.complete = False
         self.dropped = False  # answered without it: what comes is thrown away
+        self.received = 0
 
     @property
     def held(self) -> int:
@@ -141,6 +149,7 @@ class Body:
         self._size = 0
 
     def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
         if self.dropped:
             return
         self._chunks.append(chunk)
@@ -162,8 +171,8 @@ class Body:
 
 
 class Request:
-    __slots__ = ("_connection", "_fields", "body", "content_length", "headers",
-                 "keep_alive", "method", "path", "query", "store", "version")
+    __slots__ = ("_connection", "_fields", "body", "content_length", "continued", "headers",
+                 "keep_alive", "method", "path", "query", "version")
 
     def __init__(self, connection: Connection, method: str, target: bytes, version: str,
                  headers: list[tuple[str, str]], keep_alive: bool) -> None:
@@ -174,7 +183,10 @@ class Request:
         self.keep_alive = keep_alive
         if not target.startswith(b"/") and b"://" in target[:8]:
             # The absolute form (`GET http://host/path`), as proxies send it.
-            url = httptools.parse_url(target)
+            try:
+                url = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError:
+                connection.refuse(400, "malformed request target")
             target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
         path, _, query = target.partition(b"?")
         self.path = path.decode("utf-8", "surrogateescape")
@@ -188,7 +200,7 @@ class Request:
         length = fields.get("content-length")
         self.content_length = int(length) if length is not None else None
         self.body = Body(connection)
-        self.store: dict[str, Any] = {}  # what the handler notes on the request
+        self.continued = False  # a 100 Continue was sent
 
     def header(self, name: str) -> str | None:
         """The first value of a header; `name` in lower case."""
@@ -200,7 +212,14 @@ class Request:
 
     def send_continue(self) -> None:
         """`100 Continue`: invite the body a client holds back for it."""
+        self.continued = True
         self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    @property
+    def awaits_continue(self) -> bool:
+        """The client holds its body back until it is invited."""
+        return not self.continued and self.version == "1.1" and (
+            self._fields.get("expect", "").lower() == "100-continue")
 
 
 class Connection(asyncio.Protocol):
@@ -213,7 +232,8 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._target = b""
         self._headers: list[tuple[str, str]] = []
-        self._limit: str | None = None  # which limit a head passed
+        self._refusal: tuple[int, str] | None = None  # why a head is refused
+        self._head_bytes = 0  # received since the last complete head
         self._parsing: Request | None = None  # its message is still arriving
         self._active: Request | None = None  # being answered
         self._answered = False  # the active request's answer has been written
@@ -250,6 +270,12 @@ class Connection(asyncio.Protocol):
             self._drained.set_exception(gone)
 
     def data_received(self, data: bytes) -> None:
+        if self._parsing is None:  # in a head, or between requests
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._refusal = (431, f"request head longer than {MAX_HEAD} bytes")
+                self._bad_request(ValueError())
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -260,6 +286,10 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._bad_request(exc)
 
+    # A client's EOF closes the connection (the Protocol default), as Go's net/http
+    # takes it: a hang-up, which ends the function (499). A client that half-closes
+    # after its request gets no answer; one that must, sends `Connection: close`.
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
@@ -267,8 +297,10 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-        elif self._active is None:
+        if self._active is None:
             self._go_on()  # the next request waited for the client to read
+        else:
+            self.update_reading()
 
     # --- parser callbacks -------------------------------------------------------------
 
@@ -279,20 +311,22 @@ class Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._target += url
         if len(self._target) > MAX_LINE:
-            self._limit = f"request target longer than {MAX_LINE} bytes"
-            raise ValueError(self._limit)
+            self.refuse(431, f"request target longer than {MAX_LINE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._parsing is not None:
+            return  # a chunked body's trailer: not a header of the request
         if len(name) + len(value) > MAX_FIELD:
-            self._limit = f"header field longer than {MAX_FIELD} bytes"
-            raise ValueError(self._limit)
+            self.refuse(431, f"header field longer than {MAX_FIELD} bytes")
         if len(self._headers) >= MAX_HEADERS:
-            self._limit = f"more than {MAX_HEADERS} header fields"
-            raise ValueError(self._limit)
+            self.refuse(431, f"more than {MAX_HEADERS} header fields")
         self._headers.append((name.decode("latin-1"),
                               value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = 0
+        if self._closing:
+            return  # after an answer that closes: nothing more is served
         parser = self._parser
         request = Request(self, parser.get_method().decode("ascii", "replace"), self._target,
                           parser.get_http_version(), self._headers,
@@ -321,6 +355,11 @@ class Connection(asyncio.Protocol):
 
     # --- answering ------------------------------------------------------------------
 
+    def refuse(self, status: int, reason: str) -> None:
+        """From a parser callback: the head is refused with `status`."""
+        self._refusal = (status, reason)
+        raise ValueError(reason)
+
     def write(self, data: bytes) -> None:
         if self._transport is not None:
             self._transport.write(data)
@@ -331,7 +370,8 @@ class Connection(asyncio.Protocol):
         if transport is None or self._broken:
             return
         parsing = self._parsing
-        want = (not self._queue and not self._write_paused
+        # Backed-up answers stop only new requests, not the body of the current one.
+        want = (not self._queue and not (self._write_paused and self._active is None)
                 and (parsing is None or parsing.body.held < BODY_HIGH_WATER))
         if want != self._reading:
             self._reading = want
@@ -386,6 +426,13 @@ class Connection(asyncio.Protocol):
             return
         if response.close or not request.keep_alive:
             self._closing = True
+        body = request.body
+        if not body.complete and (
+                request.awaits_continue or request.header("transfer-encoding") is not None
+                or (request.content_length or 0) - body.received > DROP_AT_MOST):
+            # Answered before the body: a client still holding it back for a 100 is
+            # not waited for, and much of it (or an unknown rest) is not read.
+            self._closing = True
         if response.stream is None:
             size = 0
             for piece in response.body:
@@ -402,6 +449,8 @@ class Connection(asyncio.Protocol):
             self._done(request)
         else:
             self._task = self.loop.create_task(self._write_out(request, response, head))
+            # Also if the task is cancelled before it starts (its finally never runs).
+            self._task.add_done_callback(lambda _: self._sent(response))
 
     async def _write_out(self, request: Request, response: Response, head: bytes) -> None:
         try:
@@ -414,9 +463,15 @@ class Connection(asyncio.Protocol):
                         return
                     self._transport.write(piece)
                     if self._write_paused:
+                        # A client that stops reading is let go, as one that stops
+                        # sending is: after the idle deadline.
                         self._drained = self.loop.create_future()
-                        await self._drained
+                        async with asyncio.timeout(self._server.idle_timeout or None):
+                            await self._drained
         except ConnectionError:
+            return
+        except TimeoutError:
+            self.abort()
             return
         except Exception:
             log.exception("sending the answer failed")
@@ -435,11 +490,10 @@ class Connection(asyncio.Protocol):
             self._next()
             return
         # Answered before its body came (a 429, a 413, a read timeout): read the rest
-        # and throw it away, or, closing anyway, for a little while only.
+        # and throw it away, for a little while only.
         request.body.drop()
         self.update_reading()
-        if self._closing:
-            self._arm(LINGER)
+        self._arm(LINGER)
 
     def _next(self) -> None:
         if self._active is not None:
@@ -451,6 +505,7 @@ class Connection(asyncio.Protocol):
         if self._closing or self._transport is None:
             if self._transport is not None:
                 self._transport.close()
+                self._arm(LINGER)  # to flush what is written; then it is cut
             return
         if self._write_paused:
             # The client does not read its answers: take no new request (and read
@@ -470,7 +525,8 @@ class Connection(asyncio.Protocol):
         status = response.status
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))]
         for name, value in response.headers.items():
-            lines.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+            # As request headers were decoded: an echoed value goes back byte for byte.
+            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (size, self._server.date()))
         if self._closing:
             lines.append(b"Connection: close\r\n")
@@ -488,8 +544,7 @@ class Connection(asyncio.Protocol):
     def _bad_request(self, exc: Exception) -> None:
         """A head that breaks the rules, or a body that does: 400 (431 for a head
         over the limits) and the connection closes, since nothing after can be read."""
-        reason = self._limit or str(exc) or type(exc).__name__
-        status = 431 if self._limit else 400
+        status, reason = self._refusal or (400, str(exc) or type(exc).__name__)
         self._closing = True
         if self._broken:
             return  # said once already
@@ -526,8 +581,12 @@ class Connection(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._deadline = None
-        if self._transport is not None and (self._active is None or self._answered):
-            self._transport.close()
+        transport = self._transport
+        if transport is not None and (self._active is None or self._answered):
+            if transport.is_closing() or transport.get_write_buffer_size():
+                transport.abort()  # a client that does not read would hold it open
+            else:
+                transport.close()
 
 
 class HttpServer:

@@ -43,8 +43,6 @@ CLIENT_CLOSED = 499
 IDLE_WITHOUT_READ_TIMEOUT = 75.0
 # At the end of a drain, how long answers already decided may take to be written.
 WRITE_OUT_GRACE = 5.0
-# Set on a request whose `Expect: 100-continue` was not answered with 100.
-CONTINUE_WITHHELD = "watchdog.continue_withheld"
 # marshal_request must hold the body; without max_body_bytes, this bounds it.
 MARSHAL_BODY_CAP = 64 * 2**20
 
@@ -199,12 +197,8 @@ class Watchdog:
     # --- handlers ----------------------------------------------------------------------
 
     def _dispatch(self, request: Request) -> Outcome:
-        if request.header("expect") is not None:
-            refused = self._expect(request)
-            if refused is not None:
-                return refused
         path = request.path
-        if path.startswith("/_/") and request.method == "GET":
+        if path.startswith("/_/") and request.method in ("GET", "HEAD"):
             if path == "/_/health":
                 return self._health()
             if path == "/_/ready":
@@ -255,10 +249,14 @@ class Watchdog:
         else:
             result = executor.reject_body_size(request.content_length)
         if result is not None:
+            # Not invited to send its body, a client holding it back for a 100 is not
+            # waited for: the HTTP layer closes the connection after this.
             self._account(request, result.status, time.perf_counter() - began, result)
-            # A client still holding its body back for a 100 is not waited for.
-            return Response(result.status, result.body, result.headers,
-                            close=CONTINUE_WITHHELD in request.store)
+            return Response(result.status, result.body, result.headers)
+        if request.header("expect") is not None:
+            refused = self._expect(request)
+            if refused is not None:
+                return refused
         # The loop's clock for deadlines (uvloop's ticks in milliseconds), a fine one
         # for durations.
         assert self._loop is not None
@@ -271,7 +269,7 @@ class Watchdog:
         result: Result | None = None
         try:
             try:
-                body = await self._body(request)
+                body = await self._body(request, started)
                 if isinstance(body, Result):
                     result = body
                 else:
@@ -312,18 +310,24 @@ class Watchdog:
         return Response(result.status, headers=headers, stream=result.stream,
                         content_length=result.content_length or 0, on_sent=on_sent)
 
-    async def _body(self, request: Request) -> Body | Result:
+    async def _body(self, request: Request, started: float) -> Body | Result:
         body = request.body
-        if not self.config.marshal_request or self.oscar is not None:
+        config = self.config
+        if not config.marshal_request or self.oscar is not None:
             # Most bodies have all arrived with the head: hand them over whole.
             return body.take() if body.complete else body.chunks()
-        cap = self.config.max_body_bytes or MARSHAL_BODY_CAP
+        cap = config.max_body_bytes or MARSHAL_BODY_CAP
         raw = bytearray()
-        async for chunk in body.chunks():
-            raw += chunk
-            if len(raw) > cap:
-                return Result.text(413, f"Request body larger than {cap} bytes "
-                                   "(marshal_request holds the whole body).")
+        try:
+            async with asyncio.timeout_at(
+                    started + config.read_timeout if config.read_timeout else None):
+                async for chunk in body.chunks():
+                    raw += chunk
+                    if len(raw) > cap:
+                        return Result.text(413, f"Request body larger than {cap} bytes "
+                                           "(marshal_request holds the whole body).")
+        except TimeoutError:
+            return Result.text(408, "Request body not received within read_timeout.")
         return cgi.marshal_request(request.headers, bytes(raw))
 
     def _environment(self, request: Request) -> Mapping[str, str]:
@@ -357,17 +361,15 @@ class Watchdog:
                                     exit.status_label if exit is not None else "-")
 
     def _expect(self, request: Request) -> Response | None:
-        """`Expect: 100-continue`: invite the body only if it will be used, so that a
-        client refused with 429 or 413 never uploads it (curl asks for bodies over
-        1 MiB, as OSCAR's base64 inputs are)."""
+        """`Expect: 100-continue`, once the request is admitted: the body is invited
+        only when it will be used, so that a client refused (429, 413, 401, 404, 405)
+        never uploads it (curl asks for bodies over 1 MiB, as OSCAR's base64 inputs
+        are)."""
         expect = (request.header("expect") or "").lower()
         if request.version != "1.1":
             return None
         if expect != "100-continue":
             return self._refuse(request, Response.text(417, f"Unknown Expect: {expect}\n"))
-        if self.limiter.at_capacity or self.executor.reject_body_size(request.content_length):
-            request.store[CONTINUE_WITHHELD] = True
-            return None
         request.send_continue()
         return None
 
