@@ -332,6 +332,8 @@ class Connection(asyncio.Protocol):
                           parser.get_http_version(), self._headers,
                           parser.should_keep_alive())
         self._parsing = request
+        if not request.content_length and request.header("transfer-encoding") is None:
+            request.body.finish()  # no body: complete now, so that an answer needs no wait
         if self._active is None:
             self._start(request)
         else:
