@@ -15,11 +15,15 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-def test_benchmark_suite_smoke() -> None:
+def need_wrk() -> None:
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
             pytest.fail("wrk is missing: .ci/run should have installed it")
         pytest.skip("wrk not installed (apt-get install wrk)")
+
+
+def test_benchmark_suite_smoke() -> None:
+    need_wrk()
     before = (ROOT / "bench" / "RESULTS.md").read_text()
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "suite.py"), "--quick"],
                             capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
@@ -70,3 +74,15 @@ def test_against_another_watchdog_binary() -> None:
                     re.MULTILINE)
     assert row is not None, result.stdout
     assert int(row.group(1).replace(",", "")) > 0
+
+
+def test_probe_benchmark_smoke() -> None:
+    """bench/probe.py, briefly: one round of 20 probes per priority."""
+    need_wrk()
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "probe.py"), "--rounds", "1",
+                             "--probes", "20"], capture_output=True, text=True, timeout=120,
+                            check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \|", result.stdout, re.MULTILINE)
+    assert [nice for nice, _ in rows] == ["0", "5"], result.stdout
+    assert all(float(p50) > 0 for _, p50 in rows)
