@@ -2,7 +2,8 @@
 and turn the function's end into a status and a body.
 
 Knows nothing of HTTP: the body arrives as bytes (all of it) or as an async
-iterator of chunks, and the answer leaves as a `Result`, so the HTTP layer and OSCAR mode share it.
+iterator of chunks, and the answer leaves as a `Result`, so the HTTP layer and
+OSCAR mode share it.
 """
 
 from __future__ import annotations
