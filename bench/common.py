@@ -55,11 +55,6 @@ class Server:
                                          stdin=subprocess.DEVNULL)
         wait_port(port, self.proc)
 
-    def cpu_seconds(self) -> float:
-        """User + system time of the process and of the children it reaped."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
     def cpu_split(self) -> tuple[float, float]:
         """(the gateway's own CPU seconds, its functions' that it reaped): the process
         and, under `--workers`, its workers (its children of the same name)."""
@@ -164,17 +159,22 @@ class Rate:
     all_us: float = math.nan  # everything the measured thing used a request
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended (wrk, the C loop)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wrk(url: str, seconds: float, connections: int, script: Path | None = None) -> Rate:
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu()
     started = time.monotonic()
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True,
                          timeout=seconds + 60).stdout
     elapsed = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = children_cpu() - before
     rps = _number(r"Requests/sec:\s+([\d.]+)", out)
     total = _number(r"(\d+) requests in", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

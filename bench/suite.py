@@ -30,7 +30,6 @@ import argparse
 import csv
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from bench.common import (
     ROOT,
     Rate,
     Server,
+    children_cpu,
     foreign_watchdog,
     gateway,
     median_rate,
@@ -78,13 +78,12 @@ class Suite:
         rows: dict[str, list[Rate]] = {}
         for _ in range(self.runs):  # interleaved, so that all share the machine's mood
             if loop_binary is not None:
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                before = children_cpu()
                 out = subprocess.run([str(loop_binary), "4", str(self.seconds), "cat"],
                                      capture_output=True, text=True, check=True,
                                      timeout=self.seconds + 30).stdout
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 runs = float(out) * self.seconds
-                used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                used = children_cpu() - before
                 rows.setdefault("C loop: posix_spawn + pipe of cat, 4 threads", []).append(
                     Rate(float(out), all_us=used / runs * 1e6 if runs else math.nan))
             for loop, workers, nice in (("uvloop", 1, "5"), ("asyncio", 1, "5"),
@@ -212,13 +211,13 @@ class Suite:
         seconds = self._locust_seconds()
         locust = str(Path(sys.executable).parent / "locust")
         started = time.monotonic()
-        usage = _child_cpu()
+        usage = children_cpu()
         subprocess.run(
             [locust, "-f", str(ROOT / "bench" / "locustfile.py"), "--headless", "-u", str(users),
              "-r", str(users), "-t", f"{seconds}s", "--host", url.rstrip("/"), "--csv",
              str(prefix), "--only-summary", "--loglevel", "ERROR", "--exit-code-on-error", "0"],
             check=True, capture_output=True, timeout=seconds + 60)
-        cpu = (_child_cpu() - usage) / (time.monotonic() - started)
+        cpu = (children_cpu() - usage) / (time.monotonic() - started)
         with open(f"{prefix}_stats.csv") as f:
             total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
         rejected = 0
@@ -350,11 +349,6 @@ def _function_time(server: Server) -> tuple[float, float]:
             elif line.startswith("watchdog_function_duration_seconds_sum"):
                 total += float(line.rsplit(" ", 1)[1])
     return count, total
-
-
-def _child_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 TITLES = {"echo": "Echo throughput", "shed": "Shedding: 429 answers per second",

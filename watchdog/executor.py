@@ -263,7 +263,7 @@ def _end(ended: asyncio.Future[str | None], reason: str | None) -> None:
 def _expire(ended: asyncio.Future[str | None], proc: FunctionProcess, reason: str) -> None:
     if not ended.done():
         proc.stop(reason)
-        ended.set_result(reason)
+        _end(ended, reason)
 
 
 def _earliest(first: float | None, first_reason: str, second: float | None,

@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from email.utils import formatdate
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 from urllib.parse import unquote
 
 import httptools
@@ -90,6 +90,11 @@ class Response:
     def text(cls, status: int, text: str, **headers: str) -> Response:
         return cls(status, [text.encode()],
                    {"Content-Type": "text/plain; charset=utf-8", **headers})
+
+
+def gateway_error() -> Response:
+    """The answer to a bug of ours: the details are in the log, not in the answer."""
+    return Response.text(500, "Gateway error: see the gateway's log.\n")
 
 
 Outcome = Response | Awaitable[Response]
@@ -171,8 +176,8 @@ class Body:
 
 
 class Request:
-    __slots__ = ("_connection", "_fields", "body", "content_length", "continued", "headers",
-                 "keep_alive", "method", "path", "query", "version")
+    __slots__ = ("_connection", "_fields", "body", "chunked", "content_length", "continued",
+                 "headers", "keep_alive", "method", "path", "query", "version")
 
     def __init__(self, connection: Connection, method: str, target: bytes, version: str,
                  headers: list[tuple[str, str]], keep_alive: bool) -> None:
@@ -199,6 +204,7 @@ class Request:
         self._fields = fields
         length = fields.get("content-length")
         self.content_length = int(length) if length is not None else None
+        self.chunked = "transfer-encoding" in fields  # llhttp allows it with no length
         self.body = Body(connection)
         self.continued = False  # a 100 Continue was sent
 
@@ -273,8 +279,7 @@ class Connection(asyncio.Protocol):
         if self._parsing is None:  # in a head, or between requests
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
-                self._refusal = (431, f"request head longer than {MAX_HEAD} bytes")
-                self._bad_request(ValueError())
+                self._bad_request(431, f"request head longer than {MAX_HEAD} bytes")
                 return
         try:
             self._parser.feed_data(data)
@@ -284,7 +289,7 @@ class Connection(asyncio.Protocol):
             if self._parsing is not None:
                 self.on_message_complete()
         except httptools.HttpParserError as exc:
-            self._bad_request(exc)
+            self._bad_request(*(self._refusal or (400, str(exc) or type(exc).__name__)))
 
     # A client's EOF closes the connection (the Protocol default), as Go's net/http
     # takes it: a hang-up, which ends the function (499). A client that half-closes
@@ -332,7 +337,7 @@ class Connection(asyncio.Protocol):
                           parser.get_http_version(), self._headers,
                           parser.should_keep_alive())
         self._parsing = request
-        if not request.content_length and request.header("transfer-encoding") is None:
+        if not request.content_length and not request.chunked:
             request.body.finish()  # no body: complete now, so that an answer needs no wait
         if self._active is None:
             self._start(request)
@@ -357,7 +362,7 @@ class Connection(asyncio.Protocol):
 
     # --- answering ------------------------------------------------------------------
 
-    def refuse(self, status: int, reason: str) -> None:
+    def refuse(self, status: int, reason: str) -> NoReturn:
         """From a parser callback: the head is refused with `status`."""
         self._refusal = (status, reason)
         raise ValueError(reason)
@@ -402,7 +407,7 @@ class Connection(asyncio.Protocol):
             outcome = self._server.handler(request)
         except Exception:
             log.exception("request failed")
-            outcome = Response.text(500, "Gateway error: see the gateway's log.\n")
+            outcome = gateway_error()
         if isinstance(outcome, Response):
             self._respond(request, outcome)
         else:
@@ -416,7 +421,7 @@ class Connection(asyncio.Protocol):
         error = task.exception()
         if error is not None:
             log.error("request failed", exc_info=error)
-            response = Response.text(500, "Gateway error: see the gateway's log.\n")
+            response = gateway_error()
         else:
             response = task.result()
         self._respond(self._active, response)
@@ -430,17 +435,13 @@ class Connection(asyncio.Protocol):
             self._closing = True
         body = request.body
         if not body.complete and (
-                request.awaits_continue or request.header("transfer-encoding") is not None
+                request.awaits_continue or request.chunked
                 or (request.content_length or 0) - body.received > DROP_AT_MOST):
             # Answered before the body: a client still holding it back for a 100 is
             # not waited for, and much of it (or an unknown rest) is not read.
             self._closing = True
-        if response.stream is None:
-            size = 0
-            for piece in response.body:
-                size += len(piece)
-        else:
-            size = response.content_length
+        size = (sum(map(len, response.body)) if response.stream is None
+                else response.content_length)
         head = self._head(request, response, size)
         if response.stream is None and size <= WRITE_AT_ONCE:
             if request.method == "HEAD" or not response.body:
@@ -451,7 +452,7 @@ class Connection(asyncio.Protocol):
             self._done(request)
         else:
             self._task = self.loop.create_task(self._write_out(request, response, head))
-            # Also if the task is cancelled before it starts (its finally never runs).
+            # When it ends, however: even cancelled before it starts.
             self._task.add_done_callback(lambda _: self._sent(response))
 
     async def _write_out(self, request: Request, response: Response, head: bytes) -> None:
@@ -482,7 +483,6 @@ class Connection(asyncio.Protocol):
         finally:
             self._task = None
             self._drained = None
-            self._sent(response)
         self._done(request)
 
     def _done(self, request: Request) -> None:
@@ -509,13 +509,9 @@ class Connection(asyncio.Protocol):
                 self._transport.close()
                 self._arm(LINGER)  # to flush what is written; then it is cut
             return
-        if self._write_paused:
-            # The client does not read its answers: take no new request (and read
-            # nothing) until it does, or they would pile up here.
-            self.update_reading()
-            self._arm(self._server.idle_timeout)
-            return
-        if self._queue:
+        # A client that does not read its answers gets no new request (and nothing
+        # more is read) until it does, or they would pile up here.
+        if self._queue and not self._write_paused:
             request = self._queue.popleft()
             self.update_reading()
             self._start(request)
@@ -543,10 +539,9 @@ class Connection(asyncio.Protocol):
             callback, response.on_sent = response.on_sent, None
             callback()
 
-    def _bad_request(self, exc: Exception) -> None:
+    def _bad_request(self, status: int, reason: str) -> None:
         """A head that breaks the rules, or a body that does: 400 (431 for a head
         over the limits) and the connection closes, since nothing after can be read."""
-        status, reason = self._refusal or (400, str(exc) or type(exc).__name__)
         self._closing = True
         if self._broken:
             return  # said once already

@@ -365,10 +365,10 @@ class Watchdog:
         only when it will be used, so that a client refused (429, 413, 401, 404, 405)
         never uploads it (curl asks for bodies over 1 MiB, as OSCAR's base64 inputs
         are)."""
-        expect = (request.header("expect") or "").lower()
         if request.version != "1.1":
             return None
-        if expect != "100-continue":
+        if not request.awaits_continue:
+            expect = (request.header("expect") or "").lower()
             return self._refuse(request, Response.text(417, f"Unknown Expect: {expect}\n"))
         request.send_continue()
         return None
