@@ -157,6 +157,14 @@ class Rate:
     server_us: float = math.nan  # the server's own CPU a request, in µs
     function_us: float = math.nan  # its functions' CPU a request (what it reaped)
     all_us: float = math.nan  # everything the measured thing used a request
+    idle: float = math.nan  # the machine's idle share of its CPU meanwhile
+
+
+def machine_idle() -> tuple[int, int]:
+    """(idle, all) jiffies of every CPU since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(value) for value in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
 
 
 def children_cpu() -> float:
@@ -204,15 +212,20 @@ def median_rate(rates: list[Rate]) -> Rate:
                 med([r.p99_ms for r in rates]), sum(r.non_2xx for r in rates),
                 sum(r.requests for r in rates), med([r.driver_cpu for r in rates]),
                 med([r.server_us for r in rates]), med([r.function_us for r in rates]),
-                med([r.all_us for r in rates]))
+                med([r.all_us for r in rates]), med([r.idle for r in rates]))
 
 
 def wrk_with_cpu(server: Server, seconds: float, connections: int,
                  script: Path | None = None) -> Rate:
-    """`wrk` against `server`, with the server's and its functions' CPU a request."""
+    """`wrk` against `server`, with the server's and its functions' CPU a request,
+    and how much of the machine's CPU was left idle."""
     own, reaped = server.cpu_split()
+    idle, total = machine_idle()
     rate = wrk(server.url, seconds, connections, script)
+    idle_after, total_after = machine_idle()
     own_after, reaped_after = server.cpu_split()
+    if total_after > total:
+        rate.idle = (idle_after - idle) / (total_after - total)
     if rate.requests:
         rate.server_us = (own_after - own) / rate.requests * 1e6
         rate.function_us = (reaped_after - reaped) / rate.requests * 1e6

@@ -49,6 +49,7 @@ from bench.common import (
     children_cpu,
     foreign_watchdog,
     gateway,
+    machine_idle,
     median_rate,
     ms,
     null_server,
@@ -59,6 +60,20 @@ from bench.common import (
 
 SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar")
 LIMIT = 4
+# (loop, workers, function_nice, spawn_threads): the defaults first, then one
+# setting changed at a time.
+ECHO_CONFIGURATIONS = (
+    ("uvloop", 1, "5", "1"),
+    ("uvloop", 1, "5", "0"),
+    ("asyncio", 1, "5", "1"),
+    ("uvloop", 2, "5", "1"),
+    ("uvloop", 1, "0", "1"),
+)
+
+
+def echo_name(loop: str, workers: int, nice: str, threads: str) -> str:
+    return (f"fwatchdog -- cat (loop={loop}, workers={workers}, function_nice={nice}, "
+            f"spawn_threads={threads}, log INFO)")
 
 
 class Suite:
@@ -79,19 +94,21 @@ class Suite:
         for _ in range(self.runs):  # interleaved, so that all share the machine's mood
             if loop_binary is not None:
                 before = children_cpu()
+                idle, total = machine_idle()
                 out = subprocess.run([str(loop_binary), "4", str(self.seconds), "cat"],
                                      capture_output=True, text=True, check=True,
                                      timeout=self.seconds + 30).stdout
+                idle_after, total_after = machine_idle()
                 runs = float(out) * self.seconds
                 used = children_cpu() - before
                 rows.setdefault("C loop: posix_spawn + pipe of cat, 4 threads", []).append(
-                    Rate(float(out), all_us=used / runs * 1e6 if runs else math.nan))
-            for loop, workers, nice in (("uvloop", 1, "5"), ("asyncio", 1, "5"),
-                                        ("uvloop", 2, "5"), ("uvloop", 1, "0")):
+                    Rate(float(out), all_us=used / runs * 1e6 if runs else math.nan,
+                         idle=(idle_after - idle) / max(1, total_after - total)))
+            for loop, workers, nice, threads in ECHO_CONFIGURATIONS:
                 with gateway(self.folder, ["cat"], WATCHDOG_LOOP=loop, WATCHDOG_WORKERS=str(
-                        workers), WATCHDOG_FUNCTION_NICE=nice, WATCHDOG_LOG_LEVEL="INFO") as gw:
-                    rows.setdefault(f"fwatchdog -- cat (loop={loop}, workers={workers}, "
-                                    f"function_nice={nice}, log INFO)", []).append(
+                        workers), WATCHDOG_FUNCTION_NICE=nice, WATCHDOG_SPAWN_THREADS=threads,
+                             WATCHDOG_LOG_LEVEL="INFO") as gw:
+                    rows.setdefault(echo_name(loop, workers, nice, threads), []).append(
                         wrk_with_cpu(gw, self.seconds, 16, self.post))
             if self.args.against:
                 with foreign_watchdog(self.args.against, self.folder, ["cat"]) as other:
@@ -103,20 +120,22 @@ class Suite:
             f"`cat` per request, 100-byte POST, wrk -t2 -c16, {self.seconds:g} s x "
             f"{self.runs} runs, medians; {os.cpu_count()} cores.",
             "",
-            "CPU a request, in µs: the gateway's own, its functions' (the `cat`s it reaped), "
-            "and all of it (for the C loop: the loop and its `cat`s). The machine has "
-            f"{os.cpu_count()} x 1 s of CPU a second: when it is all used, the ratio to the C "
-            "loop is the ratio of these totals.",
+            "CPU a request, in µs: the gateway's own (its threads included), its functions' "
+            "(the `cat`s it reaped), and all of it (for the C loop: the loop and its `cat`s). "
+            f"The machine has {os.cpu_count()} x 1 s of CPU a second: when it is all used "
+            "(idle near 0), the ratio to the C loop is the ratio of these totals, wrk's "
+            "share aside.",
             "",
             "| what | req/s | p50 ms | p99 ms | non-2xx | of the C loop | wrk CPU (cores) "
-            "| gateway µs | functions µs | all µs |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| machine idle | gateway µs | functions µs | all µs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, rate in medians.items():
             share = "–" if math.isnan(ceiling) else f"{rate.rps / ceiling:.0%}"
             cpu = "–" if math.isnan(rate.driver_cpu) else f"{rate.driver_cpu:.2f}"
+            spare = "–" if math.isnan(rate.idle) else f"{rate.idle:.1%}"
             lines.append(f"| {name} | {rate.rps:,.0f} | {ms(rate.p50_ms)} | {ms(rate.p99_ms)} "
-                         f"| {rate.non_2xx} | {share} | {cpu} | {_us(rate.server_us)} "
+                         f"| {rate.non_2xx} | {share} | {cpu} | {spare} | {_us(rate.server_us)} "
                          f"| {_us(rate.function_us)} | {_us(rate.all_us)} |")
         if loop_binary is None:
             lines.append("\n(no C compiler here: the C loop was not measured)")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.suite import ECHO_CONFIGURATIONS, echo_name
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -39,13 +41,12 @@ def test_benchmark_suite_smoke() -> None:
         return float(match.group(1).replace(",", ""))
 
     assert rate("C loop: posix_spawn + pipe of cat, 4 threads") > 0
-    assert rate("fwatchdog -- cat (loop=uvloop, workers=1, function_nice=5, log INFO)") > 0
-    assert rate("fwatchdog -- cat (loop=uvloop, workers=1, function_nice=0, log INFO)") > 0
-    assert rate("fwatchdog -- cat (loop=uvloop, workers=2, function_nice=5, log INFO)") > 0
+    for configuration in ECHO_CONFIGURATIONS:
+        assert rate(echo_name(*configuration)) > 0
     assert rate("fwatchdog, max_inflight=4 held, workers=1 (log INFO)") > 0
     # CPU a request: the gateway's, its functions', all of it (numbers, not "–").
     row = next(line for line in out.splitlines()
-               if line.startswith("| fwatchdog -- cat (loop=uvloop, workers=1, function_nice=5"))
+               if line.startswith(f"| {echo_name(*ECHO_CONFIGURATIONS[0])} |"))
     gateway_us, function_us, all_us = (float(cell.replace(",", ""))
                                        for cell in row.strip("| ").split(" | ")[-3:])
     assert gateway_us > 0

@@ -78,6 +78,13 @@ def parse_nice(text: str) -> int:
     return number
 
 
+def parse_spawn_threads(text: str) -> int:
+    number = parse_count(text)
+    if number > MAX_SPAWN_THREADS:
+        raise _Invalid
+    return number
+
+
 def parse_port(text: str) -> int:
     port = parse_count(text)
     if port > 65535:
@@ -150,6 +157,7 @@ def parse_log_level(text: str) -> str:
 
 
 LOOPS = ("asyncio", "uvloop")
+MAX_SPAWN_THREADS = 16  # as watchdog/_spawn.c
 MODES = ("classic", "oscar")
 # Where OSCAR mounts a service's script, and how its FaaS Supervisor runs it.
 OSCAR_SCRIPT = ("/bin/sh", "/oscar/config/script.sh")
@@ -285,6 +293,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", ("WATCHDOG_WORKERS",), "1", parse_positive, "a whole number >= 1",
             "processes serving the port (SO_REUSEPORT); the limit and the metrics are "
             "shared (needs fixed ports)"),
+    Setting("spawn_threads", ("WATCHDOG_SPAWN_THREADS",), "1", parse_spawn_threads,
+            f"an integer from 0 to {MAX_SPAWN_THREADS}",
+            "C threads that start functions, so that the event loop never waits for a "
+            "child's exec; 0 (or no C compiler at install): the event loop starts them"),
 )
 
 SETTINGS_BY_FIELD = {setting.field: setting for setting in SETTINGS}
@@ -319,6 +331,7 @@ class Config:
     log_level: str
     loop: str
     workers: int
+    spawn_threads: int
     lock_path: str  # derived: $TMPDIR/.lock, as the Go watchdog's os.TempDir()
 
     @classmethod

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from watchdog.config import Config
+from watchdog.launcher import Launcher
 from watchdog.limiter import Limiter
 from watchdog.metrics import Metrics
-from watchdog.process import Exit, FunctionProcess, OrphanReaper, SpawnError, spawn
+from watchdog.process import Exit, FunctionProcess, OrphanReaper, SpawnError
 
 log = logging.getLogger("watchdog")
 
@@ -67,6 +68,20 @@ class Executor:
         self._nice = (min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.function_nice)
                       if config.function_nice else None)
         self.reaper = OrphanReaper(lambda pid: pid in self.live)
+        self.launcher = Launcher(config.spawn_threads)
+        self._stopping: str | None = None  # stop_all's reason: for starts still underway
+
+    def start(self) -> None:
+        self.reaper.start()
+        self.launcher.start()
+
+    async def stop(self) -> None:
+        """End every function, reap it and its orphans, and the launcher's threads."""
+        self.stop_all("shutdown")
+        await self.launcher.settle()  # starts under way come in, and are stopped
+        await self.wait_all()
+        await self.reaper.stop()
+        self.launcher.close()
 
     def reject_body_size(self, content_length: int | None) -> Result | None:
         """413 from the Content-Length alone, before any slot or fork."""
@@ -114,17 +129,16 @@ class Executor:
             self._give_back(on_gone)  # chunked, so no Content-Length said so before
             return self._too_large()
         try:
-            proc = spawn(config.fprocess, env, combine_output=config.combine_output,
-                         max_output=config.max_output_bytes, kill_grace=config.kill_grace,
-                         nice=self._nice)
+            proc = await self.launcher.spawn(
+                config.fprocess, env, combine_output=config.combine_output,
+                max_output=config.max_output_bytes, kill_grace=config.kill_grace,
+                nice=self._nice, orphaned=lambda proc: self._orphaned(proc, on_gone),
+                body=b"" if body is None else body if isinstance(body, bytes) else None)
         except SpawnError as exc:
             self._give_back(on_gone)
             log.error("cannot start function: %s", exc.strerror)
             return Result.text(500, f"Failed to start function: {exc.strerror}")
-        self.live[proc.pid] = proc
-        proc.add_done_callback(lambda exit: self._on_exit(proc, exit))
-        if on_gone is not None:
-            proc.add_done_callback(lambda _: on_gone())
+        self._track(proc, on_gone)
 
         # One future ends the wait: the group gone (None) or a deadline passed (its
         # name). A timer and a callback, not timeout scopes: this is every request.
@@ -143,8 +157,10 @@ class Executor:
                 proc.close_stdin()
             elif isinstance(body, bytes):
                 # All here: no read deadline. A function that does not read is
-                # stopped by the run deadline, which also ends this write.
-                await proc.write(body)
+                # stopped by the run deadline, which also ends this write. What
+                # the pipe took at once was written where the function started.
+                if proc.fed < len(body):
+                    await proc.write(memoryview(body)[proc.fed:])
                 proc.close_stdin()
             else:
                 # While the client sends, the earlier of its deadline and the run's.
@@ -190,6 +206,8 @@ class Executor:
         return Result(429, self._reject_body, self._reject_headers)
 
     def stop_all(self, reason: str) -> None:
+        """Stop every function, and those whose start is underway once they exist."""
+        self._stopping = reason
         for proc in list(self.live.values()):
             proc.stop(reason)
 
@@ -211,6 +229,24 @@ class Executor:
                 break  # the function stopped reading; as Go, ignore the rest
         proc.close_stdin()
         return True
+
+    def _track(self, proc: FunctionProcess, on_gone: Callable[[], None] | None) -> None:
+        """Its slot is given back, and `on_gone` called, when its group is gone."""
+        self.live[proc.pid] = proc
+        proc.add_done_callback(lambda exit: self._on_exit(proc, exit))
+        if on_gone is not None:
+            proc.add_done_callback(lambda _: on_gone())
+        if self._stopping is not None:
+            proc.stop(self._stopping)
+
+    def _orphaned(self, proc: FunctionProcess | None,
+                  on_gone: Callable[[], None] | None) -> None:
+        """A function whose caller was cancelled while it started (the client hung up)."""
+        if proc is None:
+            self._give_back(on_gone)
+            return
+        self._track(proc, on_gone)
+        proc.stop("disconnect")
 
     def _give_back(self, on_gone: Callable[[], None] | None) -> None:
         self.withdraw()

@@ -21,11 +21,13 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 # After the leader exits, how long a grandchild that still holds stdout may go on
 # writing before the response is sent without it and the group is swept.
@@ -85,13 +87,70 @@ def signal_text(number: int) -> str:
     return (signal.strsignal(number) or signal_name(number)).lower()
 
 
+class Readiness(Protocol):
+    """Where a function's descriptors are watched for input (or its end)."""
+
+    def add(self, fd: int, callback: Callable[[], object]) -> None: ...
+
+    def remove(self, fd: int) -> None: ...
+
+
+class LoopReadiness:
+    """The event loop's own add_reader, one descriptor at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def add(self, fd: int, callback: Callable[[], object]) -> None:
+        self._loop.add_reader(fd, callback)
+
+    def remove(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+
+
+class EpollReadiness:
+    """Every function's descriptors in one epoll set, which the loop watches as a
+    single reader. Two descriptors a request come and go (stdout and the pidfd):
+    uvloop's add_reader makes a libuv handle each time and its remove_reader costs
+    three epoll_ctl calls; here each costs one. Callbacks must bear a spurious
+    call (an event fetched for a descriptor closed and reused in the meantime)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[], object]] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def add(self, fd: int, callback: Callable[[], object]) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def remove(self, fd: int) -> None:
+        # Before the descriptor is closed: a child being started holds a copy of it
+        # until it execs, which would keep a closed one in the set.
+        self._epoll.unregister(fd)
+        del self._callbacks[fd]
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+    def _dispatch(self) -> None:
+        callbacks = self._callbacks
+        for fd, _ in self._epoll.poll(0):
+            callback = callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+
 class FunctionProcess:
     """One running function. Created by `spawn`; ends in `Exit` once reaped."""
 
     __slots__ = ("_callbacks", "_exit", "_exit_time", "_kill_grace", "_loop", "_max_output",
-                 "_output", "_output_size", "_overflowed", "_pidfd", "_reaped", "_started",
+                 "_output", "_output_size", "_overflowed", "_pidfd", "_readiness", "_reaped",
+                 "_started",
                  "_status", "_stdin_fd", "_stdout_fd", "_stopped_for", "_timers", "_writable",
-                 "pid")
+                 "fed", "pid")
 
     def __init__(
         self,
@@ -102,8 +161,12 @@ class FunctionProcess:
         *,
         max_output: int,
         kill_grace: float,
+        pidfd: int = -1,
+        fed: int = 0,
+        readiness: Readiness | None = None,
     ) -> None:
         self.pid = pid
+        self.fed = fed  # bytes of its stdin that whoever started it wrote already
         self._loop = loop
         self._stdin_fd = stdin_fd
         self._stdout_fd = stdout_fd
@@ -118,11 +181,12 @@ class FunctionProcess:
         self._exit_time = 0.0
         self._timers: list[asyncio.TimerHandle] = []
         self._writable: asyncio.Future[None] | None = None
-        self._pidfd = -1
+        self._pidfd = pidfd
         self._exit: Exit | None = None
         self._reaped: asyncio.Future[None] | None = None  # made on the first wait()
         self._callbacks: list[Callable[[Exit], None]] = []
-        loop.add_reader(stdout_fd, self._on_output)
+        self._readiness = readiness if readiness is not None else LoopReadiness(loop)
+        self._readiness.add(stdout_fd, self._on_output)
         self._watch_exit()
 
     # --- public ------------------------------------------------------------------
@@ -198,6 +262,9 @@ class FunctionProcess:
     # --- exit ----------------------------------------------------------------------
 
     def _watch_exit(self) -> None:
+        if self._pidfd >= 0:  # opened by whoever started it
+            self._readiness.add(self._pidfd, self._on_exit)
+            return
         if _HAS_PIDFD:
             try:
                 self._pidfd = os.pidfd_open(self.pid)
@@ -205,7 +272,7 @@ class FunctionProcess:
                 if exc.errno not in (errno.ENOSYS, errno.EPERM):
                     raise
             else:
-                self._loop.add_reader(self._pidfd, self._on_exit)
+                self._readiness.add(self._pidfd, self._on_exit)
                 return
         # Old kernel: one thread waits for this pid only (never waitpid(-1)).
         threading.Thread(target=self._wait_in_thread, daemon=True).start()
@@ -225,13 +292,11 @@ class FunctionProcess:
     def _on_exit(self) -> None:
         if self._status is not None:
             return
-        if self._pidfd >= 0:
-            self._loop.remove_reader(self._pidfd)
         info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
         if info is None:  # spurious wake-up
-            if self._pidfd >= 0:
-                self._loop.add_reader(self._pidfd, self._on_exit)
             return
+        if self._pidfd >= 0:
+            self._readiness.remove(self._pidfd)
         self._exit_time = time.monotonic()
         if info.si_code == os.CLD_EXITED:
             self._status = (info.si_status, None)
@@ -286,8 +351,10 @@ class FunctionProcess:
             self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:  # noqa: SIM105 - not contextlib.suppress: this runs for every request
             os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self._status is None and sig == signal.SIGKILL:
             # The leader may have left its group (setsid, job control): it is still
             # our unreaped child, so its pid is safe to signal.
@@ -322,7 +389,7 @@ class FunctionProcess:
     def _close_stdout(self) -> None:
         if self._stdout_fd >= 0:
             fd, self._stdout_fd = self._stdout_fd, -1
-            self._loop.remove_reader(fd)
+            self._readiness.remove(fd)
             os.close(fd)
 
     async def _wait_writable(self) -> None:
@@ -349,10 +416,12 @@ def spawn(
     max_output: int,
     kill_grace: float,
     nice: int | None = None,
+    readiness: Readiness | None = None,
 ) -> FunctionProcess:
     """Start `argv` with `env`; its stdin and stdout (and stderr when
     `combine_output`, else the gateway's stderr) are pipes; `nice`, when given, is
-    its nice value. Raises SpawnError."""
+    its nice value; its output and end are watched through `readiness` (the loop's
+    add_reader by default). Raises SpawnError."""
     loop = asyncio.get_running_loop()
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
@@ -387,7 +456,8 @@ def spawn(
     fcntl.fcntl(stdin_w, fcntl.F_SETFL, os.O_NONBLOCK)
     fcntl.fcntl(stdout_r, fcntl.F_SETFL, os.O_NONBLOCK)
     return FunctionProcess(
-        loop, pid, stdin_w, stdout_r, max_output=max_output, kill_grace=kill_grace
+        loop, pid, stdin_w, stdout_r, max_output=max_output, kill_grace=kill_grace,
+        readiness=readiness,
     )
 
 
@@ -461,18 +531,15 @@ class OrphanReaper:
 
 
 def children() -> list[int]:
-    pids: list[int] = []
+    """The children of the main thread: what `spawn` started on the loop, and what
+    comes back to the gateway as an orphan (the kernel hands orphans to the
+    subreaper's main thread). Not those of the launcher's C threads: one of them
+    may have exited before the launcher has told anyone its pid."""
     try:
-        tasks = os.listdir("/proc/self/task")
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            return [int(pid) for pid in f.read().split()]
     except OSError:
-        return pids
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.extend(int(pid) for pid in f.read().split())
-        except OSError:
-            continue
-    return pids
+        return []
 
 
 def set_child_subreaper() -> None:

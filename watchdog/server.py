@@ -122,7 +122,7 @@ class Watchdog:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_shutdown)
-        self.executor.reaper.start()
+        self.executor.start()
         # The idle deadline also runs from a connection's start until a request's
         # head is complete: it bounds a client that sends its headers a byte at a
         # time (as Go's http.Server uses ReadTimeout for idle connections).
@@ -183,9 +183,7 @@ class Watchdog:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        self.executor.stop_all("shutdown")  # functions of clients that hung up
-        await self.executor.wait_all()
-        await self.executor.reaper.stop()
+        await self.executor.stop()  # functions of clients that hung up, and orphans
         self._remove_lock()
         if self._handle_signals:
             loop = asyncio.get_running_loop()

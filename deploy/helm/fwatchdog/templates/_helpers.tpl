@@ -60,6 +60,7 @@ serviceTokenFile: OSCAR_SERVICE_TOKEN_FILE
 logLevel: WATCHDOG_LOG_LEVEL
 loop: WATCHDOG_LOOP
 workers: WATCHDOG_WORKERS
+spawnThreads: WATCHDOG_SPAWN_THREADS
 {{- end }}
 
 {{/* Seconds in a duration ("30", "30s", "1m30s", "500ms"), rounded up. */}}
