@@ -84,6 +84,8 @@ def test_sizes(text: str, size: int) -> None:
     ({"WATCHDOG_LOG_LEVEL": "loud"}, "WATCHDOG_LOG_LEVEL='loud'"),
     ({"WATCHDOG_FUNCTION_NICE": "20"}, "WATCHDOG_FUNCTION_NICE='20'"),
     ({"WATCHDOG_FUNCTION_NICE": "-1"}, "WATCHDOG_FUNCTION_NICE='-1'"),
+    ({"WATCHDOG_SPAWN_THREADS": "17"}, "WATCHDOG_SPAWN_THREADS='17'"),
+    ({"WATCHDOG_SPAWN_THREADS": "one"}, "WATCHDOG_SPAWN_THREADS='one'"),
     ({"WATCHDOG_BIND_ADDRESS": "not an address"}, "WATCHDOG_BIND_ADDRESS='not an address'"),
 ])
 def test_bad_values_name_the_variable_value_and_form(env: dict[str, str], named: str) -> None:

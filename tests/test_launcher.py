@@ -161,7 +161,7 @@ async def test_stop_waits_for_starts_under_way() -> None:
 # --- the gateway ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("threads", ["1", "0"])
+@pytest.mark.parametrize("threads", ["1", "0", "2"])
 async def test_gateway_both_ways_with_short_functions_and_sweeps(
         gateway: StartGateway, threads: str) -> None:
     # `true` exits as soon as it starts, often before the thread that started it has

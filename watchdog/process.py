@@ -4,14 +4,17 @@ Knows nothing of HTTP. The mechanism, and why:
 
 - `os.posix_spawnp` (glibc: clone(CLONE_VM|CLONE_VFORK)) costs the same however
   large the gateway grows, where a real fork() copies its page tables; it also
-  leaves the event loop's own child machinery out of it.
+  leaves the event loop's own child machinery out of it. (`spawn` here starts it on
+  the calling thread; launcher.py usually has a C thread start it, and hands the
+  result to FunctionProcess.)
 - Each child leads a new process group, so a stop reaches its grandchildren too.
 - The exit is learnt from a pidfd on the event loop (no thread per child; a
   thread only where the kernel has no pidfd_open) and read with WNOWAIT: the
   leader stays a zombie until the group has been swept with SIGKILL, so its pid,
   which is also the group id, cannot be reused by a stranger in between.
-- Pipes are non-blocking and served by loop callbacks: writing the body waits
-  for the pipe to drain (backpressure); output is bounded by `max_output`.
+- Pipes are non-blocking and served by loop callbacks (stdout and the pidfd through
+  one epoll set, EpollReadiness): writing the body waits for the pipe to drain
+  (backpressure); output is bounded by `max_output`.
 """
 
 from __future__ import annotations
