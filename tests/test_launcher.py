@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from tests.conftest import StartGateway, process_state, wait_dead
-from tests.test_gateway import _fds, _zombie_children, fetch
+from tests.test_gateway import _fds, _zombie_children, fetch, metrics
 from watchdog.launcher import Launcher, threads_available
 from watchdog.process import FunctionProcess, SpawnError
 
@@ -138,6 +141,106 @@ async def test_a_caller_cancelled_while_it_starts_hands_it_over(launcher: Launch
     assert wait_dead(proc.pid)
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["started", "failed"])
+async def test_a_caller_cancelled_after_its_start_was_collected_hands_it_over(
+        fails: bool) -> None:
+    # The start is collected (its result set) and, in the same turn of the loop,
+    # the caller is cancelled (its client hung up) before it resumes: the function
+    # (or the failure) must still reach `orphaned`, or its slot is never given back.
+    launcher = Launcher(1)
+    launcher.start()
+    handed: asyncio.Queue[FunctionProcess | None] = asyncio.Queue()
+    starting = asyncio.ensure_future(launcher.spawn(
+        ["/no/such"] if fails else ["sleep", "30"], ENV, combine_output=True,
+        max_output=1024, kill_grace=1.0, nice=None, orphaned=handed.put_nowait, body=b""))
+    await asyncio.sleep(0)  # queued on the thread
+    collect = launcher._collect
+
+    def collect_then_hang_up() -> None:
+        collect()
+        starting.cancel()
+
+    loop = asyncio.get_running_loop()
+    assert launcher._spawner is not None
+    loop.remove_reader(launcher._spawner.fileno())
+    loop.add_reader(launcher._spawner.fileno(), collect_then_hang_up)
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    proc = await asyncio.wait_for(handed.get(), 5)
+    if fails:
+        assert proc is None
+    else:
+        assert proc is not None
+        proc.stop("disconnect")
+        assert (await proc.wait()).signal == signal.SIGTERM
+    await launcher.settle()
+    launcher.close()
+
+
+async def test_one_bad_hand_over_loses_none_of_the_others() -> None:
+    launcher = Launcher(1)
+    launcher.start()
+    handed: list[FunctionProcess | None] = []
+
+    def orphaned(proc: FunctionProcess | None) -> None:
+        handed.append(proc)
+        if len(handed) == 1:
+            raise RuntimeError("a bug in whoever takes it")
+
+    starting = [asyncio.ensure_future(launcher.spawn(
+        ["sleep", "30"], ENV, combine_output=True, max_output=1024, kill_grace=1.0,
+        nice=None, orphaned=orphaned, body=b"")) for _ in range(3)]
+    await asyncio.sleep(0)
+    for task in starting:
+        task.cancel()
+    await asyncio.wait_for(launcher.settle(), 5)  # every start came back
+    assert len(handed) == 3
+    for proc in handed:
+        assert proc is not None
+        proc.stop("disconnect")
+        await proc.wait()
+    launcher.close()
+
+
+@pytest.mark.parametrize("launcher", WAYS, indirect=True)
+async def test_nice_is_set_below_zero_too(launcher: Launcher) -> None:
+    # A gateway that runs at a negative nice (root, or a raised limit) gives its
+    # functions a negative nice too: raising it towards 0 needs no privilege.
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, -10)
+    try:
+        proc = await launcher.spawn(["sh", "-c", "sleep 0.2; nice"], ENV, combine_output=True,
+                                    max_output=64, kill_grace=1.0, nice=-5, orphaned=never,
+                                    body=b"")
+    except PermissionError:
+        pytest.skip("cannot lower this process's nice here")
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, own)
+    assert b"".join((await proc.wait()).output).strip() == b"-5"
+
+
+def test_a_forked_child_cannot_use_its_parents_spawner() -> None:
+    # Its threads do not exist there: a start would never run.
+    script = """
+import os, sys
+from watchdog._spawn import Spawner
+spawner = Spawner(1)
+pid = os.fork()
+if pid == 0:
+    try:
+        spawner.submit(1, "true", ["true"], {}, False, None, None)
+    except RuntimeError as exc:
+        print(exc, flush=True)
+        os._exit(0)
+    os._exit(1)
+assert os.waitpid(pid, 0)[1] == 0
+print(spawner.close())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30, check=True)
+    assert done.stdout.splitlines() == ["Spawner made before a fork: not usable here", "[]"]
+
+
 async def test_stop_waits_for_starts_under_way() -> None:
     launcher = Launcher(1)
     launcher.start()
@@ -209,3 +312,36 @@ asyncio.run(main())
                           timeout=30, check=True)
     assert done.stdout.split() == ["False", "0", "b'ok'"]
     assert "watchdog._spawn was not built" in done.stderr
+
+
+async def test_clients_that_hang_up_at_once_leave_no_slot_behind(
+        gateway: StartGateway) -> None:
+    # Each client sends a request and resets its connection straight away, often
+    # in the same turn of the loop in which its function's start is collected.
+    # Afterwards the gateway must have every slot back (not 429 for good).
+    gw = gateway(["cat"], env={"max_inflight": "8", "exec_timeout": "3s"})
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    deadline = time.monotonic() + 3
+
+    def hang_up_again_and_again(seed: int) -> None:
+        pause = 0.0
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                sock.sendall(request)
+                time.sleep(pause)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            pause = (pause + 0.0005 * seed) % 0.002
+
+    await asyncio.gather(*(asyncio.to_thread(hang_up_again_and_again, seed)
+                           for seed in range(1, 7)))
+    # The last ones' functions are being stopped and reaped: their slots come back
+    # within moments (a leaked one never does).
+    inflight = ("http_requests_in_flight", ())
+    for _ in range(100):
+        if not metrics(gw)[inflight]:
+            break
+        await asyncio.sleep(0.05)
+    assert metrics(gw)[inflight] == 0
+    statuses = [(await fetch("POST", gw.url, b"x"))[0] for _ in range(10)]
+    assert statuses == [200] * 10
+    assert "Traceback" not in gw.log()

@@ -11,7 +11,7 @@
  *
  *   Spawner(threads)        starts the threads
  *   .fileno()               the eventfd: readable when results wait
- *   .submit(token, file, argv, env, combine_output, nice, body)
+ *   .submit(token, file, argv, env, combine_output, nice, body)   nice: int or None
  *   .collect()              [(token, errno, pid, stdin_w, stdout_r, pidfd, fed)]
  *   .close()                stops the threads; results not collected are returned
  *
@@ -41,6 +41,12 @@
 #define MAX_THREADS 16
 #define NO_NICE INT_MIN
 
+/* A forked child has the Spawner but not its threads (nor, maybe, a sane lock):
+ * every fork makes the Spawners made before it unusable there. */
+static unsigned long fork_generation;
+
+static void after_fork_in_child(void) { fork_generation++; }
+
 typedef struct Job {
     struct Job *next;
     PyObject *token; /* owned; touched only with the GIL */
@@ -65,7 +71,9 @@ typedef struct {
     Job *todo, *todo_tail;
     Job *done, *done_tail;
     int efd;
-    int closing;
+    int closing; /* under the lock: the threads go once `todo` is empty */
+    int closed;  /* under the GIL: no more submits */
+    unsigned long generation;
     int nthreads;
     pthread_t threads[MAX_THREADS];
     posix_spawnattr_t attr;
@@ -203,8 +211,10 @@ static void *worker(void *arg) {
 
 static void stop_threads(Spawner *self) {
     int n = self->nthreads;
+    self->closed = 1; /* before the GIL is released below: no submit slips in */
     if (n == 0)
         return;
+    self->nthreads = 0;
     pthread_mutex_lock(&self->lock);
     self->closing = 1;
     pthread_cond_broadcast(&self->wake);
@@ -213,37 +223,47 @@ static void stop_threads(Spawner *self) {
     for (int i = 0; i < n; i++)
         pthread_join(self->threads[i], NULL);
     Py_END_ALLOW_THREADS
-    self->nthreads = 0;
 }
 
+/* Every finished start, as tuples; or NULL (out of memory) with every job put
+ * back for a later collect: nothing is lost either way. */
 static PyObject *take_done(Spawner *self) {
-    Job *job;
+    Job *first, *job;
     PyObject *results = PyList_New(0);
     if (results == NULL)
         return NULL;
     pthread_mutex_lock(&self->lock);
-    job = self->done;
+    first = self->done;
     self->done = self->done_tail = NULL;
     pthread_mutex_unlock(&self->lock);
-    while (job != NULL) {
-        Job *next = job->next;
+    for (job = first; job != NULL; job = job->next) {
         PyObject *item = Py_BuildValue("(Oiiiiin)", job->token, job->error, (int)job->pid,
                                        job->stdin_w, job->stdout_r, job->pidfd, job->fed);
         if (item == NULL || PyList_Append(results, item) < 0) {
-            /* Out of memory: what cannot be handed over must not leak. */
-            if (job->pid > 0) {
-                kill(-job->pid, SIGKILL);
-                kill(job->pid, SIGKILL);
-            }
-            close_quietly(job->stdin_w);
-            close_quietly(job->stdout_r);
-            close_quietly(job->pidfd);
+            Py_XDECREF(item);
+            Py_DECREF(results);
+            pthread_mutex_lock(&self->lock);
+            Job *last = first;
+            while (last->next != NULL)
+                last = last->next;
+            last->next = self->done;
+            if (self->done == NULL)
+                self->done_tail = last;
+            self->done = first;
+            uint64_t one = 1;
+            ssize_t ignored = write(self->efd, &one, sizeof one);
+            (void)ignored;
+            pthread_mutex_unlock(&self->lock);
+            return NULL;
         }
-        Py_XDECREF(item);
-        Py_DECREF(job->token);
-        Py_XDECREF(job->body);
-        free(job);
-        job = next;
+        Py_DECREF(item);
+    }
+    while (first != NULL) {
+        Job *next = first->next;
+        Py_DECREF(first->token);
+        Py_XDECREF(first->body);
+        free(first);
+        first = next;
     }
     return results;
 }
@@ -257,7 +277,7 @@ static int Spawner_init(Spawner *self, PyObject *args, PyObject *kwds) {
 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kwlist, &threads))
         return -1;
-    if (self->nthreads || self->attr_ready) {
+    if (self->nthreads || self->attr_ready || self->closed) {
         PyErr_SetString(PyExc_RuntimeError, "Spawner already started");
         return -1;
     }
@@ -279,6 +299,7 @@ static int Spawner_init(Spawner *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     self->attr_ready = 1;
+    self->generation = fork_generation;
     self->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (self->efd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -323,6 +344,12 @@ static void discard(Job *job) {
 }
 
 static PyObject *Spawner_close(Spawner *self, PyObject *unused) {
+    if (self->generation != fork_generation) {
+        /* A forked child's copy: no thread to join, no lock to trust. */
+        self->closed = 1;
+        self->nthreads = 0;
+        return PyList_New(0);
+    }
     stop_threads(self); /* they start what is queued before they go */
     PyObject *left = take_done(self);
     discard(self->todo);
@@ -354,9 +381,24 @@ static void Spawner_dealloc(Spawner *self) {
     PyErr_Restore(type, value, traceback);
     if (self->attr_ready)
         posix_spawnattr_destroy(&self->attr);
-    pthread_mutex_destroy(&self->lock);
-    pthread_cond_destroy(&self->wake);
+    if (self->generation == fork_generation) { /* a forked child's copy may be locked */
+        pthread_mutex_destroy(&self->lock);
+        pthread_cond_destroy(&self->wake);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Not closed, and not inherited across a fork (whose child has no threads). */
+static int usable(Spawner *self) {
+    if (self->generation != fork_generation) {
+        PyErr_SetString(PyExc_RuntimeError, "Spawner made before a fork: not usable here");
+        return 0;
+    }
+    if (self->closed || self->nthreads == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Spawner closed");
+        return 0;
+    }
+    return 1;
 }
 
 /* A str or bytes as the bytes exec takes (the file system encoding). ASCII, as
@@ -401,19 +443,28 @@ static int as_text(PyObject *value, const char *what, PyObject **keep, Text *tex
 }
 
 static PyObject *Spawner_submit(Spawner *self, PyObject *args) {
-    PyObject *token, *file, *argv, *env, *body, *key, *value, *keep = NULL, *result = NULL;
-    int combine_output, nice;
+    PyObject *token, *file, *argv, *env, *body, *nice_obj, *key, *value, *keep = NULL;
+    PyObject *result = NULL;
+    int combine_output, nice = NO_NICE;
     Py_ssize_t nargs, nenv, ntexts, size, pos = 0, i, k;
     Text *texts = NULL;
     Job *job;
     char *cursor;
 
-    if (!PyArg_ParseTuple(args, "OOO!O!piO", &token, &file, &PyList_Type, &argv, &PyDict_Type,
-                          &env, &combine_output, &nice, &body))
+    if (!PyArg_ParseTuple(args, "OOO!O!pOO", &token, &file, &PyList_Type, &argv, &PyDict_Type,
+                          &env, &combine_output, &nice_obj, &body))
         return NULL;
-    if (self->nthreads == 0) {
-        PyErr_SetString(PyExc_RuntimeError, "Spawner closed");
+    if (!usable(self))
         return NULL;
+    if (nice_obj != Py_None) {
+        long value = PyLong_AsLong(nice_obj);
+        if (value == -1 && PyErr_Occurred())
+            return NULL;
+        if (value < -20 || value > 19) {
+            PyErr_SetString(PyExc_ValueError, "nice must be -20 to 19, or None");
+            return NULL;
+        }
+        nice = (int)value;
     }
     if (body != Py_None && !PyBytes_Check(body)) {
         PyErr_SetString(PyExc_TypeError, "body must be bytes or None");
@@ -483,7 +534,7 @@ static PyObject *Spawner_submit(Spawner *self, PyObject *args) {
     job->envp[nenv] = NULL;
 #undef COPY
     job->combine_output = combine_output;
-    job->nice = nice < 0 ? NO_NICE : nice;
+    job->nice = nice;
     Py_INCREF(token);
     job->token = token;
     if (body != Py_None) {
@@ -496,6 +547,14 @@ static PyObject *Spawner_submit(Spawner *self, PyObject *args) {
     }
 
     pthread_mutex_lock(&self->lock);
+    if (self->closing) { /* cannot be, under the GIL; but never queue what no thread takes */
+        pthread_mutex_unlock(&self->lock);
+        Py_DECREF(job->token);
+        Py_XDECREF(job->body);
+        free(job);
+        PyErr_SetString(PyExc_RuntimeError, "Spawner closed");
+        goto done;
+    }
     if (self->todo_tail == NULL)
         self->todo = job;
     else
@@ -513,6 +572,8 @@ done:
 
 static PyObject *Spawner_collect(Spawner *self, PyObject *unused) {
     uint64_t count;
+    if (self->generation != fork_generation)
+        return PyList_New(0); /* a forked child's copy: nothing of it is its own */
     /* First the eventfd, then the list: a result queued in between wakes the
      * loop again instead of waiting for the next one. */
     if (self->efd >= 0 && read(self->efd, &count, sizeof count) < 0 && errno != EAGAIN) {
@@ -531,8 +592,8 @@ static PyObject *Spawner_fileno(Spawner *self, PyObject *unused) {
 
 static PyMethodDef Spawner_methods[] = {
     {"submit", (PyCFunction)Spawner_submit, METH_VARARGS,
-     "submit(token, file, argv, env, combine_output, nice, body): queue a start (nice < 0: "
-     "none; body None: stdin left open)"},
+     "submit(token, file, argv, env, combine_output, nice, body): queue a start (nice None: "
+     "inherited; body None: stdin left open)"},
     {"collect", (PyCFunction)Spawner_collect, METH_NOARGS,
      "collect() -> [(token, errno, pid, stdin_w, stdout_r, pidfd, fed)] of the finished "
      "starts"},
@@ -564,6 +625,10 @@ PyMODINIT_FUNC PyInit__spawn(void) {
     PyObject *m;
     if (PyType_Ready(&SpawnerType) < 0)
         return NULL;
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
+from typing import NamedTuple, cast
 
 from watchdog.process import EpollReadiness, FunctionProcess, SpawnError, spawn
 
@@ -35,6 +37,16 @@ log = logging.getLogger("watchdog")
 # What a caller that was cancelled while its function started is given: the
 # function (to stop and to reap), or None when it could not start.
 Orphaned = Callable[[FunctionProcess | None], None]
+
+
+class _Start(NamedTuple):
+    """What a start carries through the C thread and back."""
+
+    started: asyncio.Future[FunctionProcess]
+    program: str
+    max_output: int
+    kill_grace: float
+    orphaned: Orphaned
 
 
 def threads_available() -> bool:
@@ -85,11 +97,19 @@ class Launcher:
                          kill_grace=kill_grace, nice=nice, readiness=self._readiness)
         assert self._loop is not None
         started: asyncio.Future[FunctionProcess] = self._loop.create_future()
-        spawner.submit((started, argv[0], max_output, kill_grace, orphaned), argv[0],
+        spawner.submit(_Start(started, argv[0], max_output, kill_grace, orphaned), argv[0],
                        list(argv), env if type(env) is dict else dict(env), combine_output,
-                       -1 if nice is None else nice, body)
+                       nice, body)
         self._pending += 1
-        return await started
+        try:
+            return await started
+        except asyncio.CancelledError:
+            # Collected, but cancelled before this task resumed (a client that hung
+            # up in the same turn of the loop): what started is handed over here.
+            # A `started` cancelled before its collection is _collect's to hand over.
+            if started.done() and not started.cancelled():
+                orphaned(None if started.exception() is not None else started.result())
+            raise
 
     async def settle(self) -> None:
         """Wait until every start already queued has reached its caller (or its
@@ -106,7 +126,10 @@ class Launcher:
         if spawner is not None:
             assert self._loop is not None
             self._loop.remove_reader(spawner.fileno())
-            spawner.close()  # nothing left in it: every start was collected
+            # Empty after `settle`; whatever else started has nobody to go to.
+            for _, _, pid, stdin_fd, stdout_fd, pidfd, _ in spawner.close():
+                if pid > 0:
+                    _abandon(pid, stdin_fd, stdout_fd, pidfd)
         if self._readiness is not None:
             self._readiness.close()
             self._readiness = None
@@ -114,27 +137,38 @@ class Launcher:
     def _collect(self) -> None:
         assert self._loop is not None
         assert self._spawner is not None
-        for token, error, pid, stdin_fd, stdout_fd, pidfd, fed in self._spawner.collect():
+        for started in self._spawner.collect():
             self._pending -= 1
-            started, program, max_output, kill_grace, orphaned = token
-            proc = None
-            if not error:
-                try:
-                    proc = FunctionProcess(self._loop, pid, stdin_fd, stdout_fd, pidfd=pidfd,
-                                           fed=fed, max_output=max_output,
-                                           kill_grace=kill_grace, readiness=self._readiness)
-                except OSError as exc:  # no descriptor left to watch it with
-                    error = exc.errno or 0
-                    _abandon(pid, stdin_fd, stdout_fd, pidfd)
-            if started.done():  # the caller was cancelled meanwhile
-                orphaned(proc)
-            elif proc is not None:
-                started.set_result(proc)
-            else:
-                started.set_exception(SpawnError(
-                    error, f"cannot start {program!r}: {os.strerror(error)}"))
+            try:
+                self._hand_over(*started)
+            except Exception:
+                # One start gone wrong must not lose the others of the batch.
+                log.exception("a started function could not be handed over")
         if not self._pending and self._settled is not None and not self._settled.done():
             self._settled.set_result(None)
+
+    def _hand_over(self, token: object, error: int, pid: int, stdin_fd: int, stdout_fd: int,
+                   pidfd: int, fed: int) -> None:
+        assert self._loop is not None
+        started, program, max_output, kill_grace, orphaned = cast(_Start, token)
+        proc = None
+        if not error:
+            try:
+                proc = FunctionProcess(self._loop, pid, stdin_fd, stdout_fd, pidfd=pidfd,
+                                       fed=fed, max_output=max_output, kill_grace=kill_grace,
+                                       readiness=self._readiness)
+            except BaseException as exc:  # no descriptor left to watch it with
+                _abandon(pid, stdin_fd, stdout_fd, pidfd)
+                if not isinstance(exc, OSError):
+                    raise
+                error = exc.errno or errno.EMFILE
+        if started.done():  # the caller was cancelled meanwhile
+            orphaned(proc)
+        elif proc is not None:
+            started.set_result(proc)
+        else:
+            started.set_exception(SpawnError(
+                error, f"cannot start {program!r}: {os.strerror(error)}"))
 
 
 def _abandon(pid: int, *fds: int) -> None:

@@ -190,7 +190,11 @@ class FunctionProcess:
         self._callbacks: list[Callable[[Exit], None]] = []
         self._readiness = readiness if readiness is not None else LoopReadiness(loop)
         self._readiness.add(stdout_fd, self._on_output)
-        self._watch_exit()
+        try:
+            self._watch_exit()
+        except BaseException:
+            self._readiness.remove(stdout_fd)  # the caller closes it
+            raise
 
     # --- public ------------------------------------------------------------------
 
