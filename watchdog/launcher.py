@@ -1,8 +1,8 @@
 """Where functions are started: on C threads, or on the event loop itself.
 
 `posix_spawn` suspends its caller until the child has exec'd. On the event loop
-that is about a third of a forked request's time, during which nothing else is
-served; `os.posix_spawn` holds the GIL all the while, so Python threads cannot
+that was about half of the loop's busy time, during which nothing else was served
+and the CPU sat idle; `os.posix_spawn` holds the GIL all the while, so Python threads cannot
 take that wait away (they trade the GIL with the loop instead). The extension
 `watchdog._spawn` starts functions on plain C threads that never take the GIL:
 the loop queues a start and goes on, and one callback collects every start that
@@ -22,7 +22,7 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from watchdog.process import EpollReadiness, FunctionProcess, SpawnError, spawn
 
@@ -31,6 +31,9 @@ try:
     from watchdog import _spawn
 except ImportError:  # built without a C compiler
     _spawn = None
+
+if TYPE_CHECKING:
+    from watchdog._spawn import Spawner
 
 log = logging.getLogger("watchdog")
 
@@ -57,7 +60,7 @@ class Launcher:
     def __init__(self, threads: int) -> None:
         self.threads = threads if _spawn is not None else 0
         self._wanted = threads
-        self._spawner: _spawn.Spawner | None = None  # type: ignore[name-defined]
+        self._spawner: Spawner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0  # starts queued and not yet collected
         self._settled: asyncio.Future[None] | None = None
@@ -157,11 +160,12 @@ class Launcher:
                 proc = FunctionProcess(self._loop, pid, stdin_fd, stdout_fd, pidfd=pidfd,
                                        fed=fed, max_output=max_output, kill_grace=kill_grace,
                                        readiness=self._readiness)
-            except BaseException as exc:  # no descriptor left to watch it with
+            except Exception as exc:  # no descriptor left to watch it with, or a bug
                 _abandon(pid, stdin_fd, stdout_fd, pidfd)
                 if not isinstance(exc, OSError):
-                    raise
-                error = exc.errno or errno.EMFILE
+                    log.exception("a started function could not be watched")
+                # Its caller gets a 500 rather than waiting for ever.
+                error = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
         if started.done():  # the caller was cancelled meanwhile
             orphaned(proc)
         elif proc is not None:

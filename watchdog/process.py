@@ -151,9 +151,8 @@ class FunctionProcess:
 
     __slots__ = ("_callbacks", "_exit", "_exit_time", "_kill_grace", "_loop", "_max_output",
                  "_output", "_output_size", "_overflowed", "_pidfd", "_readiness", "_reaped",
-                 "_started",
-                 "_status", "_stdin_fd", "_stdout_fd", "_stopped_for", "_timers", "_writable",
-                 "fed", "pid")
+                 "_started", "_status", "_stdin_fd", "_stdout_fd", "_stopped_for", "_timers",
+                 "_writable", "fed", "pid")
 
     def __init__(
         self,
