@@ -167,6 +167,12 @@ def machine_idle() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields)  # idle + iowait
 
 
+def idle_since(before: tuple[int, int]) -> float:
+    """The machine's idle share of its CPU since `before` (a machine_idle())."""
+    idle, total = machine_idle()
+    return (idle - before[0]) / max(1, total - before[1])
+
+
 def children_cpu() -> float:
     """CPU seconds of this process's children that have ended (wrk, the C loop)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -220,12 +226,10 @@ def wrk_with_cpu(server: Server, seconds: float, connections: int,
     """`wrk` against `server`, with the server's and its functions' CPU a request,
     and how much of the machine's CPU was left idle."""
     own, reaped = server.cpu_split()
-    idle, total = machine_idle()
+    idle = machine_idle()
     rate = wrk(server.url, seconds, connections, script)
-    idle_after, total_after = machine_idle()
+    rate.idle = idle_since(idle)
     own_after, reaped_after = server.cpu_split()
-    if total_after > total:
-        rate.idle = (idle_after - idle) / (total_after - total)
     if rate.requests:
         rate.server_us = (own_after - own) / rate.requests * 1e6
         rate.function_us = (reaped_after - reaped) / rate.requests * 1e6

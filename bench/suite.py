@@ -49,6 +49,7 @@ from bench.common import (
     children_cpu,
     foreign_watchdog,
     gateway,
+    idle_since,
     machine_idle,
     median_rate,
     ms,
@@ -94,16 +95,16 @@ class Suite:
         for _ in range(self.runs):  # interleaved, so that all share the machine's mood
             if loop_binary is not None:
                 before = children_cpu()
-                idle, total = machine_idle()
+                idle = machine_idle()
                 out = subprocess.run([str(loop_binary), "4", str(self.seconds), "cat"],
                                      capture_output=True, text=True, check=True,
                                      timeout=self.seconds + 30).stdout
-                idle_after, total_after = machine_idle()
+                left_idle = idle_since(idle)
                 runs = float(out) * self.seconds
                 used = children_cpu() - before
                 rows.setdefault("C loop: posix_spawn + pipe of cat, 4 threads", []).append(
                     Rate(float(out), all_us=used / runs * 1e6 if runs else math.nan,
-                         idle=(idle_after - idle) / max(1, total_after - total)))
+                         idle=left_idle))
             for loop, workers, nice, threads in ECHO_CONFIGURATIONS:
                 with gateway(self.folder, ["cat"], WATCHDOG_LOOP=loop, WATCHDOG_WORKERS=str(
                         workers), WATCHDOG_FUNCTION_NICE=nice, WATCHDOG_SPAWN_THREADS=threads,

@@ -6,20 +6,30 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import process_state, wait_dead
-from watchdog.process import OrphanReaper, SpawnError, spawn
+from watchdog.process import EpollReadiness, OrphanReaper, SpawnError, spawn
 
 SH = "/bin/sh"
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+_watching: list[EpollReadiness] = []  # the running test's
+
+
+@pytest.fixture(autouse=True)
+async def readiness() -> AsyncIterator[None]:
+    """Where this test's functions are watched, on its own loop."""
+    _watching.append(EpollReadiness(asyncio.get_running_loop()))
+    yield
+    _watching.pop().close()
 
 
 def run(argv: list[str], **kwargs: object):  # type: ignore[no-untyped-def]
     options: dict[str, object] = {"combine_output": True, "max_output": 1 << 20,
-                                  "kill_grace": 1.0}
+                                  "kill_grace": 1.0, "readiness": _watching[-1]}
     options.update(kwargs)
     return spawn(argv, ENV, **options)  # type: ignore[arg-type]
 

@@ -2,8 +2,8 @@
  *
  * posix_spawn is clone(CLONE_VM|CLONE_VFORK): the calling thread is suspended
  * until the child has exec'd, and os.posix_spawn holds the GIL all the while. On
- * the event loop that wait is a third of every forked request, and Python
- * threads cannot take it away: they hand the GIL back and forth with the loop.
+ * the event loop that wait was half of the loop's busy time, and Python threads
+ * cannot take it away: they hand the GIL back and forth with the loop.
  * Here the loop only queues a job (argv and environment already encoded) and
  * returns; plain C threads, which never take the GIL, make the pipes, spawn,
  * open the pidfd and set the nice value, then queue the result and wake the
@@ -55,9 +55,9 @@ typedef struct Job {
     char **envp;
     int combine_output;
     int nice;
-    PyObject *body; /* owned, or NULL: stdin is left to the caller */
-    const char *body_data;
-    Py_ssize_t body_size;
+    /* Owned, or NULL: stdin is left to the caller. The thread reads it without
+     * the GIL: bytes never change, and the job holds it until it is collected. */
+    PyObject *body;
     Py_ssize_t fed; /* how much of the body is in the pipe */
     int error;
     pid_t pid;
@@ -94,9 +94,10 @@ static void close_quietly(int fd) {
  * it, unless it is larger than the pipe's 64 KiB); close stdin if that was all.
  * The caller writes the rest, with backpressure and deadlines. */
 static void feed(Job *job) {
-    while (job->fed < job->body_size) {
-        ssize_t n = write(job->stdin_w, job->body_data + job->fed,
-                          (size_t)(job->body_size - job->fed));
+    const char *data = PyBytes_AS_STRING(job->body);
+    Py_ssize_t size = PyBytes_GET_SIZE(job->body);
+    while (job->fed < size) {
+        ssize_t n = write(job->stdin_w, data + job->fed, (size_t)(size - job->fed));
         if (n > 0) {
             job->fed += n;
         } else if (n < 0 && errno == EINTR) {
@@ -107,9 +108,17 @@ static void feed(Job *job) {
             break; /* EPIPE: it does not read; as Go, the rest is dropped */
         }
     }
-    job->fed = job->body_size;
+    job->fed = size;
     close(job->stdin_w);
     job->stdin_w = -1;
+}
+
+/* Under the lock, when `done` turns non-empty: the loop reads the eventfd before
+ * it takes the list, so one write per empty-to-full turn is enough. */
+static void wake_loop(Spawner *self) {
+    uint64_t one = 1;
+    ssize_t ignored = write(self->efd, &one, sizeof one);
+    (void)ignored;
 }
 
 static void run_job(Spawner *self, Job *job) {
@@ -195,13 +204,8 @@ static void *worker(void *arg) {
         else
             self->done_tail->next = job;
         self->done_tail = job;
-        if (was_empty) {
-            /* The loop reads the eventfd before it takes the list, so one
-             * write per empty-to-full turn is enough. */
-            uint64_t one = 1;
-            ssize_t ignored = write(self->efd, &one, sizeof one);
-            (void)ignored;
-        }
+        if (was_empty)
+            wake_loop(self);
     }
     pthread_mutex_unlock(&self->lock);
     return NULL;
@@ -223,6 +227,17 @@ static void stop_threads(Spawner *self) {
     for (int i = 0; i < n; i++)
         pthread_join(self->threads[i], NULL);
     Py_END_ALLOW_THREADS
+}
+
+/* Free jobs and what they hold (with the GIL). */
+static void discard(Job *job) {
+    while (job != NULL) {
+        Job *next = job->next;
+        Py_DECREF(job->token);
+        Py_XDECREF(job->body);
+        free(job);
+        job = next;
+    }
 }
 
 /* Every finished start, as tuples; or NULL (out of memory) with every job put
@@ -250,21 +265,13 @@ static PyObject *take_done(Spawner *self) {
             if (self->done == NULL)
                 self->done_tail = last;
             self->done = first;
-            uint64_t one = 1;
-            ssize_t ignored = write(self->efd, &one, sizeof one);
-            (void)ignored;
+            wake_loop(self);
             pthread_mutex_unlock(&self->lock);
             return NULL;
         }
         Py_DECREF(item);
     }
-    while (first != NULL) {
-        Job *next = first->next;
-        Py_DECREF(first->token);
-        Py_XDECREF(first->body);
-        free(first);
-        first = next;
-    }
+    discard(first);
     return results;
 }
 
@@ -333,16 +340,6 @@ static PyObject *Spawner_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static void discard(Job *job) {
-    while (job != NULL) {
-        Job *next = job->next;
-        Py_DECREF(job->token);
-        Py_XDECREF(job->body);
-        free(job);
-        job = next;
-    }
-}
-
 static PyObject *Spawner_close(Spawner *self, PyObject *unused) {
     if (self->generation != fork_generation) {
         /* A forked child's copy: no thread to join, no lock to trust. */
@@ -350,10 +347,10 @@ static PyObject *Spawner_close(Spawner *self, PyObject *unused) {
         self->nthreads = 0;
         return PyList_New(0);
     }
-    stop_threads(self); /* they start what is queued before they go */
+    /* The threads start what is queued before they go, and nothing is queued
+     * after `closed`: `todo` is empty from here on. */
+    stop_threads(self);
     PyObject *left = take_done(self);
-    discard(self->todo);
-    self->todo = self->todo_tail = NULL;
     close_quietly(self->efd);
     self->efd = -1;
     return left;
@@ -538,23 +535,13 @@ static PyObject *Spawner_submit(Spawner *self, PyObject *args) {
     Py_INCREF(token);
     job->token = token;
     if (body != Py_None) {
-        /* Read by the thread without the GIL: bytes never change, and the job
-         * holds a reference until the loop collects it. */
         Py_INCREF(body);
         job->body = body;
-        job->body_data = PyBytes_AS_STRING(body);
-        job->body_size = PyBytes_GET_SIZE(body);
     }
 
+    /* usable() held: `closed` is set under the GIL before any thread is told to
+     * go, so a thread is there to take this. */
     pthread_mutex_lock(&self->lock);
-    if (self->closing) { /* cannot be, under the GIL; but never queue what no thread takes */
-        pthread_mutex_unlock(&self->lock);
-        Py_DECREF(job->token);
-        Py_XDECREF(job->body);
-        free(job);
-        PyErr_SetString(PyExc_RuntimeError, "Spawner closed");
-        goto done;
-    }
     if (self->todo_tail == NULL)
         self->todo = job;
     else

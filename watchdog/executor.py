@@ -123,8 +123,10 @@ class Executor:
         """Run an admitted function; its slot is given back when its group is gone,
         and `on_gone` called then (or at once when it could not start). The body is
         bytes when it has all arrived, chunks while it arrives; without one, stdin
-        is empty."""
+        is empty (an empty body)."""
         config = self._config
+        if body is None:
+            body = b""
         if isinstance(body, bytes) and config.max_body_bytes and len(body) > config.max_body_bytes:
             self._give_back(on_gone)  # chunked, so no Content-Length said so before
             return self._too_large()
@@ -133,7 +135,7 @@ class Executor:
                 config.fprocess, env, combine_output=config.combine_output,
                 max_output=config.max_output_bytes, kill_grace=config.kill_grace,
                 nice=self._nice, orphaned=lambda proc: self._orphaned(proc, on_gone),
-                body=b"" if body is None else body if isinstance(body, bytes) else None)
+                body=body if isinstance(body, bytes) else None)
         except SpawnError as exc:
             self._give_back(on_gone)
             log.error("cannot start function: %s", exc.strerror)
@@ -153,9 +155,7 @@ class Executor:
         if run_deadline is not None:
             timer = loop.call_at(run_deadline, _expire, ended, proc, run_reason)
         try:
-            if body is None:
-                proc.close_stdin()
-            elif isinstance(body, bytes):
+            if isinstance(body, bytes):
                 # All here: no read deadline. A function that does not read is
                 # stopped by the run deadline, which also ends this write. What
                 # the pipe took at once was written where the function started.

@@ -58,8 +58,10 @@ def threads_available() -> bool:
 
 class Launcher:
     def __init__(self, threads: int) -> None:
+        if threads and _spawn is None:
+            log.warning("watchdog._spawn was not built (no C compiler at install): "
+                        "functions start on the event loop")
         self.threads = threads if _spawn is not None else 0
-        self._wanted = threads
         self._spawner: Spawner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0  # starts queued and not yet collected
@@ -67,9 +69,6 @@ class Launcher:
         self._readiness: EpollReadiness | None = None
 
     def start(self) -> None:
-        if self._wanted and _spawn is None:
-            log.warning("watchdog._spawn was not built (no C compiler at install): "
-                        "functions start on the event loop")
         self._loop = asyncio.get_running_loop()
         self._readiness = EpollReadiness(self._loop)
         if not self.threads:
@@ -94,11 +93,12 @@ class Launcher:
         stdin may be written, as far as the pipe takes it without waiting, by the
         thread that starts it: `fed` says how much (stdin is closed when that is all
         of it); the rest is the caller's to write. Raises SpawnError."""
+        assert self._loop is not None, "start() first"
+        assert self._readiness is not None
         spawner = self._spawner
         if spawner is None:
             return spawn(argv, env, combine_output=combine_output, max_output=max_output,
                          kill_grace=kill_grace, nice=nice, readiness=self._readiness)
-        assert self._loop is not None
         started: asyncio.Future[FunctionProcess] = self._loop.create_future()
         spawner.submit(_Start(started, argv[0], max_output, kill_grace, orphaned), argv[0],
                        list(argv), env if type(env) is dict else dict(env), combine_output,
@@ -153,6 +153,7 @@ class Launcher:
     def _hand_over(self, token: object, error: int, pid: int, stdin_fd: int, stdout_fd: int,
                    pidfd: int, fed: int) -> None:
         assert self._loop is not None
+        assert self._readiness is not None
         started, program, max_output, kill_grace, orphaned = cast(_Start, token)
         proc = None
         if not error:

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 # After the leader exits, how long a grandchild that still holds stdout may go on
 # writing before the response is sent without it and the group is swept.
@@ -90,27 +89,6 @@ def signal_text(number: int) -> str:
     return (signal.strsignal(number) or signal_name(number)).lower()
 
 
-class Readiness(Protocol):
-    """Where a function's descriptors are watched for input (or its end)."""
-
-    def add(self, fd: int, callback: Callable[[], object]) -> None: ...
-
-    def remove(self, fd: int) -> None: ...
-
-
-class LoopReadiness:
-    """The event loop's own add_reader, one descriptor at a time."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def add(self, fd: int, callback: Callable[[], object]) -> None:
-        self._loop.add_reader(fd, callback)
-
-    def remove(self, fd: int) -> None:
-        self._loop.remove_reader(fd)
-
-
 class EpollReadiness:
     """Every function's descriptors in one epoll set, which the loop watches as a
     single reader. Two descriptors a request come and go (stdout and the pidfd):
@@ -164,8 +142,8 @@ class FunctionProcess:
         max_output: int,
         kill_grace: float,
         pidfd: int = -1,
+        readiness: EpollReadiness,
         fed: int = 0,
-        readiness: Readiness | None = None,
     ) -> None:
         self.pid = pid
         self.fed = fed  # bytes of its stdin that whoever started it wrote already
@@ -187,7 +165,7 @@ class FunctionProcess:
         self._exit: Exit | None = None
         self._reaped: asyncio.Future[None] | None = None  # made on the first wait()
         self._callbacks: list[Callable[[Exit], None]] = []
-        self._readiness = readiness if readiness is not None else LoopReadiness(loop)
+        self._readiness = readiness
         self._readiness.add(stdout_fd, self._on_output)
         try:
             self._watch_exit()
@@ -421,13 +399,13 @@ def spawn(
     combine_output: bool,
     max_output: int,
     kill_grace: float,
+    readiness: EpollReadiness,
     nice: int | None = None,
-    readiness: Readiness | None = None,
 ) -> FunctionProcess:
     """Start `argv` with `env`; its stdin and stdout (and stderr when
     `combine_output`, else the gateway's stderr) are pipes; `nice`, when given, is
-    its nice value; its output and end are watched through `readiness` (the loop's
-    add_reader by default). Raises SpawnError."""
+    its nice value; its output and end are watched through `readiness`. Raises
+    SpawnError."""
     loop = asyncio.get_running_loop()
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
