@@ -337,6 +337,18 @@ class Suite:
                 f"-H 'Content-Type: application/octet-stream' {gw.url}",
                 shell=True, capture_output=True, text=True, check=True, timeout=600).stdout
             peak = gw.memory_kib("VmHWM")
+        # Large answers at once: past spill_output_bytes they wait in files, not memory.
+        answers, answer_mb = 10, 16 if self.quick else 60
+        with gateway(self.folder, ["head", "-c", f"{answer_mb}000000", "/dev/zero"],
+                     WATCHDOG_LOG_LEVEL="WARNING") as gw:
+            curl = f"curl -s -o /dev/null -w '%{{size_download}}\\n' -X POST {gw.url}"
+            subprocess.run(curl, shell=True, check=True, capture_output=True,
+                           timeout=120)  # warm up
+            spill_before = gw.memory_kib("VmHWM")
+            sizes = subprocess.run(" & ".join([curl] * answers) + " & wait", shell=True,
+                                   capture_output=True, text=True, check=True,
+                                   timeout=600).stdout.split()
+            spill_peak = gw.memory_kib("VmHWM")
         counted = int(answer.split()[0]) if answer.strip() else -1
         lines = [
             "| what | measured | target |",
@@ -346,9 +358,14 @@ class Suite:
             f"{(after - before) / 1024:+.1f} MB | ≤ 5 MB |",
             f"| peak RSS while {body_mib} MiB stream to `wc -c` (before: {baseline / 1024:.1f} "
             f"MB) | {peak / 1024:.1f} MB | < 100 MB |",
+            f"| peak RSS growth while {answers} answers of {answer_mb} MB are sent at once "
+            f"(before: {spill_before / 1024:.1f} MB) | {(spill_peak - spill_before) / 1024:+.1f} "
+            "MB | < 30 MB |",
         ]
         if counted != body_mib * 2**20:
             lines.append(f"\n**wc -c counted {counted} bytes, not {body_mib * 2**20}**")
+        if sizes != [f"{answer_mb}000000"] * answers:
+            lines.append(f"\n**the large answers came back as {sizes} bytes**")
         return "\n".join(lines)
 
     # --- oscar --------------------------------------------------------------------------

@@ -3,6 +3,7 @@ process, and check after every test that nothing it forked is left alive."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,6 +20,86 @@ import pytest
 
 FUNCTIONS = Path(__file__).parent / "functions"
 LISTENING = re.compile(r"msg=listening address=(\S+):(\d+) metrics_address=(\S+):(\d+)")
+
+# A test that needs the compiled watchdog._spawn: skipped where it was not built (no C
+# compiler at install, which the README allows), failed under CI, which must build it.
+needs_spawn = pytest.mark.needs_spawn
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_spawn: needs the compiled watchdog._spawn")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("needs_spawn") is not None:
+        from watchdog.launcher import threads_available
+
+        if not threads_available():
+            reason = "watchdog._spawn is not built (no C compiler at install)"
+            if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+                pytest.fail(f"{reason}: CI must build it")
+            pytest.skip(reason)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """pytest removes old temporary folders with shutil.rmtree, which recurses once a
+    level: a tree deeper than the recursion limit (tests make 3,000 levels on purpose)
+    would crash the session (INTERNALERROR) when its folder ages out. Before that,
+    move every folder deeper than SHALLOW levels up to the top, in this session's
+    folder, in those pytest removes now (older than the last few, and not locked by
+    a session still running) and in those it gave up on (garbage-*)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is None:
+        return  # no temporary folder was made
+    root = Path(basetemp).parent
+    numbered = {int(path.name[7:]): path for path in root.glob("pytest-*")
+                if path.name[7:].isdigit()}
+    keep = int(session.config.getini("tmp_path_retention_count"))
+    aged = [path for number, path in numbered.items()
+            if number <= max(numbered, default=0) - keep and not (path / ".lock").exists()]
+    for top in [Path(basetemp), *aged, *root.glob("garbage-*")]:
+        with contextlib.suppress(OSError):
+            while _move_deep_folders_up(str(top)):
+                pass
+
+
+SHALLOW = 64
+
+
+def _move_deep_folders_up(top: str) -> int:
+    """One pass: folders SHALLOW levels down are renamed into `top` (as garbage-deep-N,
+    which pytest removes); how many were. Without recursion, with descriptors (a
+    deep path is longer than PATH_MAX)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    root = os.open(top, flags)
+    moved = 0
+    folders = [root]
+    listings = [os.scandir(root)]
+    try:
+        while listings:
+            entry = next(listings[-1], None)
+            if entry is None:
+                listings.pop().close()
+                if folders[-1] != root:
+                    os.close(folders[-1])
+                folders.pop()
+            elif entry.is_dir(follow_symlinks=False):
+                if len(folders) >= SHALLOW:
+                    os.rename(entry.name, f"garbage-deep-{uuid.uuid4().hex}",
+                              src_dir_fd=folders[-1], dst_dir_fd=root)
+                    moved += 1
+                else:
+                    folders.append(os.open(entry.name, flags, dir_fd=folders[-1]))
+                    listings.append(os.scandir(folders[-1]))
+    finally:
+        for listing in listings:
+            listing.close()
+        for fd in folders[1:]:
+            os.close(fd)
+        os.close(root)
+    return moved
 
 
 class Gateway:

@@ -40,7 +40,10 @@ def test_benchmark_suite_smoke() -> None:
         assert match is not None, (name, out)
         return float(match.group(1).replace(",", ""))
 
-    assert rate("C loop: posix_spawn + pipe of cat, 4 threads") > 0
+    if shutil.which("cc") or shutil.which("gcc"):  # as bench/suite.py looks for one
+        assert rate("C loop: posix_spawn + pipe of cat, 4 threads") > 0
+    else:
+        assert "(no C compiler here: the C loop was not measured)" in out
     for configuration in ECHO_CONFIGURATIONS:
         assert rate(echo_name(*configuration)) > 0
     assert rate("fwatchdog, max_inflight=4 held, workers=1 (log INFO)") > 0

@@ -9,6 +9,8 @@ from base64 import b64decode
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import StartGateway
+from tests.test_gateway import fetch
 from watchdog.cgi import function_environment, marshal_request, variable_for
 
 
@@ -68,3 +70,15 @@ def test_marshal_request_matches_go_json() -> None:
     assert document == {"header": {"X-A": ["1", "2"]},
                         "body": {"raw": "AGJvZHk="}}
     assert b64decode(document["body"]["raw"]) == b"\x00body"
+
+
+async def test_a_query_header_gives_http_query_only_without_a_url_query(
+        gateway: StartGateway) -> None:
+    # The Go watchdog's behaviour, kept for drop-in (README: what the function sees):
+    # Http_Query is set only when the URL has a query, so a header fills the gap.
+    assert env_for([("Query", "h=1")])["Http_Query"] == "h=1"
+    assert env_for([("Query", "h=1")], raw_query="u=2")["Http_Query"] == "u=2"
+    gw = gateway(["/bin/sh", "-c", 'printf "%s|%s|%s" "$Http_Query" "$Http_Path" "$Http_Method"'])
+    forged = {"Query": "h=1", "Path": "/evil", "Method": "DELETE"}
+    assert (await fetch("POST", gw.url + "/p", b"", forged))[2] == b"h=1|/p|POST"
+    assert (await fetch("POST", gw.url + "/p?u=2", b"", forged))[2] == b"u=2|/p|POST"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import FUNCTIONS, StartGateway
+from tests.test_gateway import fetch, file_appears
 from watchdog.config import SETTINGS, Config, ConfigError, parse_duration, parse_size
 
 BASE = {"fprocess": "cat"}
@@ -107,7 +111,9 @@ def test_a_bad_flag_is_named_as_a_flag() -> None:
 
 
 def test_every_setting_is_a_config_field() -> None:
-    fields = set(Config.__dataclass_fields__) - {"lock_path"}
+    derived = {"lock_path", "mode_reason", "oscar_pod", "supervisor", "oscar_defaults",
+               "check_token"}
+    fields = set(Config.__dataclass_fields__) - derived
     assert {s.field for s in SETTINGS} == fields
 
 
@@ -159,3 +165,30 @@ def test_workers_need_fixed_ports_and_at_least_one() -> None:
         Config.from_env({**BASE, "WATCHDOG_WORKERS": "2", "port": "0"})
     with pytest.raises(ConfigError, match=r"^WATCHDOG_WORKERS='0': expected"):
         Config.from_env({**BASE, "WATCHDOG_WORKERS": "0"})
+
+
+@pytest.mark.parametrize(("given", "level"), [
+    ("NOTSET", "NOTSET"), ("notset", "NOTSET"), ("Debug", "DEBUG"), ("info", "INFO"),
+    ("WARN", "WARNING"), ("warning", "WARNING"), ("ERROR", "ERROR"), ("critical", "CRITICAL"),
+    ("FATAL", "CRITICAL"), (" fatal ", "CRITICAL"),
+])
+def test_every_level_name_pythons_logging_knows(given: str, level: str) -> None:
+    # OSCAR's FaaS Supervisor takes LOG_LEVEL as such a name; its users set NOTSET.
+    assert Config.from_env({**BASE, "LOG_LEVEL": given}).log_level == level
+
+
+async def test_log_level_notset_starts_and_writes_everything(gateway: StartGateway,
+                                                             tmp_path: Path) -> None:
+    gw = gateway(["/bin/sh", str(FUNCTIONS / "sleeper.sh")],
+                 env={"LOG_LEVEL": "NOTSET", "WATCHDOG_MAX_INFLIGHT": "1",
+                      "PIDS_DIR": str(tmp_path), "SLEEP": "30"})
+    running = asyncio.ensure_future(fetch("POST", gw.url, b""))
+    try:
+        await file_appears(tmp_path / "child")  # the only slot is taken
+        assert (await fetch("POST", gw.url, b""))[0] == 429
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    # As at DEBUG: each rejection has its own line (at INFO they are summed up).
+    assert "msg=request method=POST path=/ status=429" in gw.log()

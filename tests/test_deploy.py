@@ -93,6 +93,12 @@ VALUE_SETS: dict[str, list[str]] = {
     "keda and a service monitor": ["autoscaling.keda.enabled=true",
                                    "metrics.serviceMonitor.enabled=true",
                                    "probes.readinessPath=/_/health"],
+    "oscar trusting its caller, a network policy": [
+        "openfaas.watchdog.mode=oscar", "openfaas.watchdog.oscarCheckToken=false",
+        "networkPolicy.enabled=true",
+        r"networkPolicy.from[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=oscar",
+        "networkPolicy.from[0].podSelector.matchLabels.app=oscar",
+        "networkPolicy.metricsFrom[0].ipBlock.cidr=10.0.0.0/8"],
 }
 
 
@@ -241,3 +247,50 @@ def test_dockerfile_passes_hadolint() -> None:
     result = subprocess.run([hadolint, str(ROOT / "deploy" / "Dockerfile")],
                             capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+
+def test_network_policy_lets_only_the_trusted_caller_and_prometheus_in(helm: str) -> None:
+    def policies(*sets: str) -> list[dict[str, Any]]:
+        return [doc for doc in documents(render(helm, *sets).stdout)
+                if doc["kind"] == "NetworkPolicy"]
+
+    assert policies() == []  # off by default: the standalone chart checks the token
+    docs = documents(render(helm, *VALUE_SETS["oscar trusting its caller, a network policy"])
+                     .stdout)
+    (policy,) = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+    validate([policy])
+    labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    caller, prometheus = policy["spec"]["ingress"]
+    oscar = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "oscar"}},
+             "podSelector": {"matchLabels": {"app": "oscar"}}}
+    assert caller == {"from": [oscar], "ports": [{"port": "http", "protocol": "TCP"}]}
+    assert prometheus == {"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                          "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    ports = {p["name"] for p in deployment(docs)["spec"]["template"]["spec"]["containers"][0][
+        "ports"]}
+    assert ports == {"http", "metrics"}  # the policy's named ports exist
+    assert container_env(docs)["WATCHDOG_OSCAR_CHECK_TOKEN"] == "false"
+    # No metricsFrom: the metrics port is closed to everyone.
+    (only_caller,) = policies("networkPolicy.enabled=true",
+                              "networkPolicy.from[0].podSelector.matchLabels.app=oscar")
+    assert [rule["ports"] for rule in only_caller["spec"]["ingress"]] == [
+        [{"port": "http", "protocol": "TCP"}]]
+
+
+@pytest.mark.parametrize(("sets", "named"), [
+    (["networkPolicy.enabled=true"], "networkPolicy.from"),  # would shut everyone out
+    (["networkPolicy.enabled=true", "networkPolicy.from[0].podSelectr.app=x"], "podSelectr"),
+    (["networkPolicy.enabled=true", "networkPolicy.from[0].ipBlock.except[0]=10.0.0.0/8"],
+     "cidr"),
+    (["networkPolicy.enabeld=true"], "enabeld"),
+    (["networkPolicy.enabled=yes"], "enabled"),
+    (["openfaas.watchdog.oscarCheckToken=sometimes"], "oscarCheckToken"),
+])
+def test_schema_rejects_bad_network_policy_values(helm: str, sets: list[str],
+                                                  named: str) -> None:
+    result = render(helm, *sets, check=False)
+    assert result.returncode != 0
+    assert named in result.stderr

@@ -12,15 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchdog.oscar import (
-    Base64Decoder,
-    InputError,
+from watchdog.oscar import bearer_matches
+from watchdog.oscar_input import Base64Decoder, InputError, write_input
+from watchdog.oscar_output import (
     Workspace,
     base64_chunks,
     base64_length,
-    bearer_matches,
     output_files,
-    write_input,
     write_zip,
 )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import process_state, wait_dead
-from watchdog.process import EpollReadiness, OrphanReaper, SpawnError, spawn
+from watchdog.process import EpollReadiness, OrphanReaper, SpawnError, Spill, spawn
 
 SH = "/bin/sh"
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -151,3 +151,22 @@ async def test_orphan_reaper_collects_what_the_functions_left() -> None:
         assert process_state(orphan) is None
     finally:
         await reaper.stop()
+
+
+async def test_output_past_the_threshold_moves_to_an_unnamed_file(tmp_path: Path) -> None:
+    spill = Spill(1000, str(tmp_path))
+    exit = await run([SH, "-c", "head -c 5000 /dev/zero"], spill=spill).wait()
+    assert exit.output == []  # nothing held in memory
+    assert exit.spilled is not None
+    assert (exit.spilled.size, exit.output_size) == (5000, 5000)
+    assert b"".join([piece async for piece in exit.spilled.chunks(b"<")]) == b"<" + bytes(5000)
+    assert os.fstat(exit.spilled.fd).st_nlink == 0
+    exit.spilled.close()
+    exit = await run([SH, "-c", "head -c 999 /dev/zero"], spill=spill).wait()
+    assert (exit.spilled, len(b"".join(exit.output))) == (None, 999)  # under it: held
+    # Stopped (here: past max_output), what it wrote is never sent: the file is closed.
+    proc = run([SH, "-c", "head -c 5000 /dev/zero; sleep 30"], spill=spill, max_output=3000)
+    exit = await proc.wait()
+    assert (exit.stopped_for, exit.spilled, exit.output) == ("overflow", None, [])
+    assert list(tmp_path.iterdir()) == []  # no name anywhere
+    spill.close()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import StartGateway, free_port
 from tests.test_gateway import fetch
-from watchdog.oscar import output_files, write_zip
+from watchdog.oscar_output import output_files, write_zip
 
 TOKEN = "0f" * 32
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -112,3 +113,37 @@ async def test_sigterm_stops_every_worker_with_status_0(gateway: StartGateway) -
     assert await asyncio.to_thread(gw.proc.wait, 20) == 0
     assert not any(alive(pid) for pid in workers)
     assert gw.log().count("msg=stopped") == 2
+
+
+async def test_workers_and_their_functions_end_with_a_killed_supervisor(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    # An OOM kill or a crash of the supervisor: nothing forwards a signal, nobody
+    # ends the functions. The workers must not go on serving (reparented to init).
+    port = free_port()
+    gw = gateway(["/bin/sh", str(FUNCTIONS / "sleeper.sh")],
+                 env={"WATCHDOG_WORKERS": "2", "WATCHDOG_PORT": str(port),
+                      "WATCHDOG_METRICS_PORT": str(free_port()), "PIDS_DIR": str(tmp_path),
+                      "SLEEP": "300"})
+    await _second_listening(gw)
+    workers = worker_pids(gw)
+    assert len(workers) == 2
+    slow = asyncio.ensure_future(fetch("POST", gw.url, b""))
+    function = int(await file_appears(tmp_path / "child"))  # a request in flight
+    os.kill(gw.proc.pid, signal.SIGKILL)
+    await asyncio.to_thread(gw.proc.wait, 5)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in (*workers, function)) or gw.survivors():
+        assert time.monotonic() < deadline, (gw.survivors(), gw.log())
+        await asyncio.sleep(0.05)
+    # Its client was answered (the second-signal path: 503) or cut off, not left hanging.
+    try:
+        status = (await asyncio.wait_for(slow, 5))[0]
+    except aiohttp.ClientError:
+        status = None
+    assert status in (503, None)
+    assert gw.log().count("msg=\"supervisor gone: stopping now\"") == 2
+    with socket.socket() as sock:  # the port is free: no worker listens on it
+        # (SO_REUSEADDR lets the closed connections' TIME_WAIT be, never a listener.)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()

@@ -27,13 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         usage=f"{PROG} [options] [-- CMD ARGS...]\n       {PROG} healthcheck\n"
-        f"       {PROG} run SERVICE --input FILE | --text-input TEXT [--output FILE] ...",
+        f"       {PROG} run SERVICE -f/--input FILE | -i/--text-input TEXT [-o FILE] "
+        "[-c CLUSTER] ...",
         description="A concurrency gateway that forks CMD for each HTTP request: the body "
         "is its stdin, its stdout the response. Each setting is taken from its flag, "
         "else its WATCHDOG_* variable, else its OpenFaaS variable, else the default.",
         epilog="`healthcheck` exits 0 while the lock file $TMPDIR/.lock exists "
         "(for a container's exec health check). `run` invokes an OSCAR service like "
-        "`oscar-cli service run` (see `fwatchdog run --help`).",
+        "`oscar-cli service run`, with its flags and ~/.oscar-cli/config.yaml (see "
+        "`fwatchdog run --help`).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

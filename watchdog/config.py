@@ -8,12 +8,16 @@ variable counts as unset, like the Go watchdog's `os.Getenv(...) != ""`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from watchdog import oscar_pod
 
 
 class ConfigError(ValueError):
@@ -144,23 +148,25 @@ def parse_address(text: str) -> str:
     raise _Invalid
 
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Every name Python's logging knows (OSCAR's FaaS Supervisor takes LOG_LEVEL as
+# such a name, and its users set NOTSET), each turned into its level's own name:
+# WARN -> WARNING, FATAL -> CRITICAL.
+LOG_LEVELS = ("NOTSET", "DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL", "FATAL")
 
 
 def parse_log_level(text: str) -> str:
     level = text.strip().upper()
-    if level == "WARN":
-        level = "WARNING"
     if level not in LOG_LEVELS:
         raise _Invalid
-    return level
+    return logging.getLevelName(logging.getLevelNamesMapping()[level])
 
 
 LOOPS = ("asyncio", "uvloop")
 MAX_SPAWN_THREADS = 16  # as watchdog/_spawn.c
-MODES = ("classic", "oscar")
+MODES = ("auto", "classic", "oscar")
 # Where OSCAR mounts a service's script, and how its FaaS Supervisor runs it.
-OSCAR_SCRIPT = ("/bin/sh", "/oscar/config/script.sh")
+OSCAR_SCRIPT = oscar_pod.script_command("/")
+CHECKS = ("auto", "true", "false")
 
 
 def parse_loop(text: str) -> str:
@@ -169,6 +175,21 @@ def parse_loop(text: str) -> str:
 
 def parse_mode(text: str) -> str:
     return _choice(text, MODES)
+
+
+def parse_check(text: str) -> str:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return "true"
+    if word in _FALSE:
+        return "false"
+    return _choice(word, CHECKS)
+
+
+def parse_root(text: str) -> str:
+    if not text.startswith("/"):
+        raise _Invalid
+    return text
 
 
 def _choice(text: str, choices: tuple[str, ...]) -> str:
@@ -216,10 +237,11 @@ BOOL = "true or false"
 SIZE = "a whole number of bytes, optionally with a unit: 512k, 10Mi, 1Gi"
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("mode", ("WATCHDOG_MODE", "mode"), "classic", parse_mode,
+    Setting("mode", ("WATCHDOG_MODE", "mode"), "auto", parse_mode,
             "one of " + ", ".join(MODES),
             "classic: the body is the function's stdin; oscar: OSCAR's /run protocol "
-            "(input file, output files back as base64)"),
+            "(input file, output files back as base64); auto: oscar in OSCAR's own pod "
+            "(fprocess is OSCAR's supervisor and /oscar/config is mounted), else classic"),
     Setting("fprocess", ("WATCHDOG_FPROCESS", "fprocess"), None, parse_command,
             "a command line (split on spaces, no shell), or CMD ARGS... after --",
             "the command forked for each request (required, except in oscar mode: "
@@ -245,6 +267,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_inflight", ("WATCHDOG_MAX_INFLIGHT", "max_inflight"), "0", parse_count,
             COUNT + " (0: no limit)",
             "most functions running at once; more requests get 429 at once"),
+    Setting("max_connections", ("WATCHDOG_MAX_CONNECTIONS",), "0", parse_count,
+            COUNT + " (0: from RLIMIT_NOFILE)",
+            "most client connections open at once, per worker; at the cap the longest "
+            "idle is closed, and with none idle a new one is closed unanswered; 0: "
+            "RLIMIT_NOFILE less 64 and 4 per max_inflight (without it, a quarter)"),
     Setting("healthcheck_interval", ("WATCHDOG_HEALTHCHECK_INTERVAL", "healthcheck_interval"),
             None, parse_duration, DURATION,
             "on SIGTERM, time to keep serving while reporting unhealthy, before the drain",
@@ -269,6 +296,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_output_bytes", ("WATCHDOG_MAX_OUTPUT_BYTES",), "64Mi",
             parse_size, SIZE, "largest function output held for a response; more gets 500, "
             "group killed"),
+    Setting("spill_output_bytes", ("WATCHDOG_SPILL_OUTPUT_BYTES",), "1Mi", parse_size,
+            SIZE + " (0: never)",
+            "function output past this size goes to an unnamed file under $TMPDIR instead "
+            "of memory, and is sent from there"),
     Setting("kill_grace", ("WATCHDOG_KILL_GRACE",), "2s", parse_duration, DURATION,
             "time between SIGTERM and SIGKILL when a function's group is stopped"),
     Setting("function_nice", ("WATCHDOG_FUNCTION_NICE",), "5", parse_nice,
@@ -281,13 +312,26 @@ SETTINGS: tuple[Setting, ...] = (
             "oscar mode: the service served at /run/NAME (empty: any name)"),
     Setting("service_token", ("OSCAR_SERVICE_TOKEN",), "", parse_token,
             "a token without spaces",
-            "oscar mode: the Bearer token callers must present (empty: no check); "
-            "not passed to the script", secret=True),
+            "oscar mode: the Bearer token callers must present, when checked (see "
+            "--oscar-check-token); the script sees it only in OSCAR's pod", secret=True),
     Setting("service_token_file", ("OSCAR_SERVICE_TOKEN_FILE",), "", parse_text,
             "the path of a readable file holding the token",
             "oscar mode: read the token from this file (a mounted Secret) instead"),
+    Setting("oscar_check_token", ("WATCHDOG_OSCAR_CHECK_TOKEN",), "auto", parse_check,
+            "one of " + ", ".join(CHECKS),
+            "oscar mode: check the Bearer token in the pod (true: always, a token "
+            "needed; false: never; auto: when a token is set, except in OSCAR's pod, "
+            "where OSCAR's manager authenticates every call)"),
+    Setting("oscar_always_200", ("WATCHDOG_OSCAR_ALWAYS_200",), "false", parse_bool, BOOL,
+            "oscar mode: a script's exit status is ignored, as the FaaS Supervisor "
+            "ignores it (200, its output files packed)"),
+    Setting("oscar_root", ("WATCHDOG_OSCAR_ROOT",), "/", parse_root,
+            "an absolute path",
+            "where OSCAR's paths (/oscar/bin, /oscar/config) are looked up (tests, "
+            "chroots)"),
     Setting("log_level", ("WATCHDOG_LOG_LEVEL", "LOG_LEVEL"), "INFO", parse_log_level,
-            "one of " + ", ".join(LOG_LEVELS), "least severe log level written to stderr"),
+            "one of " + ", ".join(LOG_LEVELS) + " (any case)",
+            "least severe log level written to stderr"),
     Setting("loop", ("WATCHDOG_LOOP",), "uvloop", parse_loop, "one of " + ", ".join(LOOPS),
             "event loop implementation"),
     Setting("workers", ("WATCHDOG_WORKERS",), "1", parse_positive, "a whole number >= 1",
@@ -314,6 +358,7 @@ class Config:
     write_timeout: float
     exec_timeout: float
     max_inflight: int
+    max_connections: int
     healthcheck_interval: float
     write_debug: bool
     combine_output: bool
@@ -323,6 +368,7 @@ class Config:
     suppress_lock: bool
     max_body_bytes: int
     max_output_bytes: int
+    spill_output_bytes: int
     kill_grace: float
     function_nice: int
     service_name: str
@@ -332,7 +378,17 @@ class Config:
     loop: str
     workers: int
     spawn_threads: int
+    oscar_check_token: str
+    oscar_always_200: bool
+    oscar_root: str
     lock_path: str  # derived: $TMPDIR/.lock, as the Go watchdog's os.TempDir()
+    # Derived (oscar_pod.choose_mode): the mode's reason, whether OSCAR started the
+    # gateway (its pod), what to hand over to, whether the token is checked.
+    mode_reason: str = ""
+    oscar_pod: bool = False
+    supervisor: tuple[str, ...] = ()
+    oscar_defaults: bool = False  # the script and FDL are the pod's (SCRIPT applies)
+    check_token: bool = False
 
     @classmethod
     def from_env(
@@ -347,6 +403,7 @@ class Config:
         """
         flags = flags or {}
         values: dict[str, Any] = {}
+        defaulted: set[str] = set()
         for setting in SETTINGS:
             source, raw = _lookup(setting, environ, flags)
             if setting.field == "fprocess" and command:
@@ -356,6 +413,7 @@ class Config:
                 if setting.default is None:
                     continue  # filled from its fallback below
                 source, raw = "default", setting.default
+                defaulted.add(setting.field)
             try:
                 values[setting.field] = setting.parse(raw)
             except _Invalid:
@@ -363,10 +421,26 @@ class Config:
                     raise ConfigError(source, "", setting.accepted,
                                       f"{source}=(hidden): expected {setting.accepted}") from None
                 raise ConfigError(source, raw, setting.accepted) from None
-        if "fprocess" not in values and values["mode"] == "oscar":
-            values["fprocess"] = OSCAR_SCRIPT
+        root = values["oscar_root"]
+        choice = oscar_pod.choose_mode(values["mode"], values.get("fprocess"), root)
+        derived: dict[str, Any] = {"mode_reason": choice.reason, "oscar_pod": choice.pod,
+                                   "supervisor": choice.supervisor}
+        values["mode"] = choice.mode
+        if choice.mode == "oscar" and ("fprocess" not in values or choice.pod):
+            # Never the supervisor as the script: the script, as it would run it.
+            values["fprocess"] = oscar_pod.script_command(root)
+            derived["oscar_defaults"] = True
         if values["service_token_file"] and not values["service_token"]:
             values["service_token"] = _read_token(values["service_token_file"])
+        derived["check_token"] = _check_token(values, choice.pod, environ, flags)
+        if choice.mode == "oscar" and "log_level" in defaulted:
+            # The FDL's level was the supervisor's, whose logs went into answers
+            # unless CRITICAL: here it can only make the log more verbose (DEBUG),
+            # never silence the gateway's own warnings.
+            with contextlib.suppress(_Invalid):
+                level = parse_log_level(oscar_pod.fdl_log_level(root, environ) or "INFO")
+                if logging.getLevelNamesMapping()[level] < logging.INFO:
+                    values["log_level"] = level
         if "fprocess" not in values:
             fprocess = SETTINGS_BY_FIELD["fprocess"]
             names = ", ".join(fprocess.variables)
@@ -383,7 +457,7 @@ class Config:
                     raise ConfigError(name, str(values["workers"]), "1 with port 0",
                                       f"{name}={values['workers']}: several workers need "
                                       f"a fixed {field}, not 0")
-        return cls(**values, lock_path=lock_path(environ))
+        return cls(**values, lock_path=lock_path(environ), **derived)
 
 
 def _lookup(setting: Setting, environ: Mapping[str, str],
@@ -396,6 +470,22 @@ def _lookup(setting: Setting, environ: Mapping[str, str],
         if raw is not None and (raw != "" or setting.field == "fprocess"):
             return name, raw
     return "", None
+
+
+def _check_token(values: Mapping[str, Any], pod: bool, environ: Mapping[str, str],
+                 flags: Mapping[str, str]) -> bool:
+    if values["oscar_check_token"] == "true":
+        if not values["service_token"]:
+            source, raw = _lookup(SETTINGS_BY_FIELD["oscar_check_token"], environ, flags)
+            raise ConfigError(source, raw or "", "a token",
+                              f"{source}={raw!r}: no token to check; set "
+                              "OSCAR_SERVICE_TOKEN or OSCAR_SERVICE_TOKEN_FILE")
+        return True
+    if values["oscar_check_token"] == "false":
+        return False
+    # In OSCAR's pod its manager has authenticated every call it proxies (the
+    # service token or an OIDC token the pod cannot check).
+    return bool(values["service_token"]) and not pod
 
 
 def _read_token(path: str) -> str:

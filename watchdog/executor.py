@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from watchdog.config import Config
 from watchdog.launcher import Launcher
 from watchdog.limiter import Limiter
 from watchdog.metrics import Metrics
-from watchdog.process import Exit, FunctionProcess, OrphanReaper, SpawnError
+from watchdog.process import Exit, FunctionProcess, OrphanReaper, SpawnError, Spill
 
 log = logging.getLogger("watchdog")
 
@@ -32,6 +32,7 @@ STOPS = {
     "write_timeout": (504, "Function did not answer within write_timeout; killed."),
     "shutdown": (503, "Gateway shutting down: function killed at the drain deadline."),
     "overflow": (500, "Function output exceeded max_output_bytes; killed."),
+    "spill_failed": (500, "Function output could not be stored under $TMPDIR; killed."),
 }
 
 
@@ -52,6 +53,18 @@ class Result:
         return cls(status, [message.encode() + b"\n"],
                    {"Content-Type": "text/plain; charset=utf-8", **headers})
 
+    @classmethod
+    def output(cls, status: int, exit: Exit, prefix: bytes = b"",
+               headers: dict[str, str] | None = None) -> Result:
+        """`prefix` and the function's output: held, or sent from its spill file
+        (closed once sent)."""
+        spilled = exit.spilled
+        if spilled is None:
+            return cls(status, [prefix, *exit.output] if prefix else exit.output,
+                       headers or {}, exit)
+        return cls(status, [], headers or {}, exit, stream=lambda: spilled.chunks(prefix),
+                   content_length=len(prefix) + spilled.size, cleanup=spilled.close)
+
 
 class Executor:
     def __init__(self, config: Config, limiter: Limiter, metrics: Metrics) -> None:
@@ -70,6 +83,9 @@ class Executor:
         self.reaper = OrphanReaper(lambda pid: pid in self.live)
         self.launcher = Launcher(config.spawn_threads)
         self._stopping: str | None = None  # stop_all's reason: for starts still underway
+        # $TMPDIR, as the lock file's folder (the Go watchdog's os.TempDir()).
+        self._spill = (Spill(config.spill_output_bytes, os.path.dirname(config.lock_path))
+                       if config.spill_output_bytes else None)
 
     def start(self) -> None:
         self.reaper.start()
@@ -82,6 +98,8 @@ class Executor:
         await self.wait_all()
         await self.reaper.stop()
         self.launcher.close()
+        if self._spill is not None:
+            self._spill.close()
 
     def reject_body_size(self, content_length: int | None) -> Result | None:
         """413 from the Content-Length alone, before any slot or fork."""
@@ -96,9 +114,10 @@ class Executor:
             return None
         return self.rejected()
 
-    def withdraw(self) -> None:
-        """Give back the slot of an admitted request that will start nothing."""
-        self._limiter.release()
+    def withdraw(self, duration: float | None = None) -> None:
+        """Give back the slot of an admitted request that will start nothing (or
+        that ran with `keep_slot` and has finished what it does after)."""
+        self._limiter.release(duration)
 
     async def invoke(
         self,
@@ -119,28 +138,38 @@ class Executor:
         body: Body | None,
         started: float,
         on_gone: Callable[[], None] | None = None,
+        keep_slot: bool = False,
+        *,
+        argv: Sequence[str] | None = None,
+        combine_output: bool | None = None,
     ) -> Result:
         """Run an admitted function; its slot is given back when its group is gone,
-        and `on_gone` called then (or at once when it could not start). The body is
+        and `on_gone` called then (or at once when it could not start). With
+        `keep_slot` the slot stays taken and the caller gives it back (`withdraw`)
+        after `on_gone`, once its own work on the output is done too. The body is
         bytes when it has all arrived, chunks while it arrives; without one, stdin
-        is empty (an empty body)."""
+        is empty (an empty body). `argv` and `combine_output` replace fprocess and
+        the setting (OSCAR mode: the pod's script, the hand-over to the supervisor)."""
         config = self._config
         if body is None:
             body = b""
         if isinstance(body, bytes) and config.max_body_bytes and len(body) > config.max_body_bytes:
-            self._give_back(on_gone)  # chunked, so no Content-Length said so before
+            self._give_back(on_gone, keep_slot)  # chunked: no Content-Length said so
             return self._too_large()
         try:
             proc = await self.launcher.spawn(
-                config.fprocess, env, combine_output=config.combine_output,
+                config.fprocess if argv is None else argv, env,
+                combine_output=(config.combine_output if combine_output is None
+                                else combine_output),
                 max_output=config.max_output_bytes, kill_grace=config.kill_grace,
-                nice=self._nice, orphaned=lambda proc: self._orphaned(proc, on_gone),
-                body=body if isinstance(body, bytes) else None)
+                nice=self._nice,
+                orphaned=lambda proc: self._orphaned(proc, on_gone, keep_slot),
+                body=body if isinstance(body, bytes) else None, spill=self._spill)
         except SpawnError as exc:
-            self._give_back(on_gone)
+            self._give_back(on_gone, keep_slot)
             log.error("cannot start function: %s", exc.strerror)
             return Result.text(500, f"Failed to start function: {exc.strerror}")
-        self._track(proc, on_gone)
+        self._track(proc, on_gone, keep_slot)
 
         # One future ends the wait: the group gone (None) or a deadline passed (its
         # name). A timer and a callback, not timeout scopes: this is every request.
@@ -230,26 +259,28 @@ class Executor:
         proc.close_stdin()
         return True
 
-    def _track(self, proc: FunctionProcess, on_gone: Callable[[], None] | None) -> None:
+    def _track(self, proc: FunctionProcess, on_gone: Callable[[], None] | None,
+               keep_slot: bool = False) -> None:
         """Its slot is given back, and `on_gone` called, when its group is gone."""
         self.live[proc.pid] = proc
-        proc.add_done_callback(lambda exit: self._on_exit(proc, exit))
+        proc.add_done_callback(lambda exit: self._on_exit(proc, exit, keep_slot))
         if on_gone is not None:
             proc.add_done_callback(lambda _: on_gone())
         if self._stopping is not None:
             proc.stop(self._stopping)
 
     def _orphaned(self, proc: FunctionProcess | None,
-                  on_gone: Callable[[], None] | None) -> None:
+                  on_gone: Callable[[], None] | None, keep_slot: bool = False) -> None:
         """A function whose caller was cancelled while it started (the client hung up)."""
         if proc is None:
-            self._give_back(on_gone)
+            self._give_back(on_gone, keep_slot)
             return
-        self._track(proc, on_gone)
+        self._track(proc, on_gone, keep_slot)
         proc.stop("disconnect")
 
-    def _give_back(self, on_gone: Callable[[], None] | None) -> None:
-        self.withdraw()
+    def _give_back(self, on_gone: Callable[[], None] | None, keep_slot: bool = False) -> None:
+        if not keep_slot:
+            self.withdraw()
         if on_gone is not None:
             on_gone()
 
@@ -264,22 +295,27 @@ class Executor:
             status, message = STOPS[exit.stopped_for]
             return Result.text(status, message)
         if exit.code != 0:
-            return Result(500, [(exit.describe() + "\n").encode(), *exit.output],
-                          {"Content-Type": "text/plain; charset=utf-8"}, exit)
-        return Result(200, exit.output, {}, exit)
+            return Result.output(500, exit, (exit.describe() + "\n").encode(),
+                                 {"Content-Type": "text/plain; charset=utf-8"})
+        return Result.output(200, exit)
 
     def _too_large(self) -> Result:
         return Result.text(
             413, f"Request body larger than max_body_bytes ({self._config.max_body_bytes}).")
 
-    def _on_exit(self, proc: FunctionProcess, exit: Exit) -> None:
+    def _on_exit(self, proc: FunctionProcess, exit: Exit, keep_slot: bool = False) -> None:
         del self.live[proc.pid]
-        self._limiter.release(exit.duration)
+        if not keep_slot:
+            self._limiter.release(exit.duration)
         self.reaper.soon()  # the sweep may have orphaned killed grandchildren
         self._metrics.observe_function(exit.status_label, exit.duration)
-        if self._config.write_debug and exit.output:
-            log.info("function output: %s",
-                     b"".join(exit.output).decode("utf-8", "backslashreplace"))
+        if self._config.write_debug and (exit.output or exit.spilled is not None):
+            output = b"".join(exit.output)
+            if exit.spilled is not None:  # its start only: a log line is held whole
+                output = exit.spilled.head(self._config.spill_output_bytes)
+            log.info("function output: %s%s", output.decode("utf-8", "backslashreplace"),
+                     "" if len(output) == exit.output_size
+                     else f" (first {len(output)} of {exit.output_size} bytes)")
 
 
 def as_chunks(body: Body) -> AsyncIterator[bytes]:

@@ -1,16 +1,19 @@
-"""HTTP/1.1 for the function port: asyncio.Protocol and llhttp (through httptools).
+"""HTTP/1.1 for the function and metrics ports: asyncio.Protocol and llhttp
+(through httptools).
 
 Knows nothing of functions. A handler takes a `Request` and gives a `Response`,
 at once (a 429, a health check: no task, no coroutine) or from a coroutine run as
 one task per request (cancelled when the client hangs up).
 
-Why not aiohttp's server, which the metrics port still uses: on the path of every
+Why not aiohttp's server, which both ports once used: on the path of every
 forked request, its request and response objects, stream reader and per-request
 machinery cost more than the rest of the gateway's Python together (bench/RESULTS.md
-has the profile). This is what the gateway needs of HTTP and no more: keep-alive
-and pipelining answered in order, Content-Length and chunked bodies with
-backpressure, `Expect: 100-continue`, bounded heads, idle and head deadlines, and
-a drain that closes idle connections and lets answers in progress finish.
+has the profile), and importing it was half of the gateway's cold start. This is
+what the gateway needs of HTTP and no more: keep-alive and pipelining answered in
+order, Content-Length and chunked bodies with backpressure, `Expect: 100-continue`,
+bounded heads and trailers, strict framing (RFC 9112), idle and head deadlines, a cap
+on connections that sheds the longest idle, and a drain that closes idle connections,
+lets answers in progress finish and answers 503 to the requests pipelined behind them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import collections
 import contextlib
 import http
 import logging
+import resource
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -53,8 +57,36 @@ DROP_AT_MOST = 256 * 1024
 # ...after reading and dropping for this long at most, so that the client reads the
 # answer instead of a reset. Also how long a closing connection may take to flush.
 LINGER = 5.0
+# A line of a head or of a chunked body's trailer section: a field with its name, or
+# the request line. httptools joins a field's pieces by copying the part it holds,
+# so a field is bounded while it grows, before it is whole.
+MAX_LINE_BYTES = MAX_FIELD + 64
+# Descriptors kept for what is not a client connection: listeners, the log, the
+# metrics port, health probes, and each running function's pipes and pidfd.
+RESERVED_DESCRIPTORS = 64
+DESCRIPTORS_PER_FUNCTION = 4
+# How often at most a line says that connections were refused at the cap.
+CAP_LOG_INTERVAL = 10.0
+# The codings llhttp refuses before the head is complete: no other than a final
+# `chunked` is implemented (501, as Go's net/http), unlike a malformed head (400).
+_UNSUPPORTED_CODING = ("Invalid `Transfer-Encoding` header value",
+                       "Request has invalid `Transfer-Encoding`")
 
 _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+def default_max_connections(max_inflight: int) -> int:
+    """RLIMIT_NOFILE's soft limit less a reserve: RESERVED_DESCRIPTORS, plus
+    DESCRIPTORS_PER_FUNCTION for each of max_inflight functions, or, without
+    max_inflight, a quarter of the limit (at least RESERVED_DESCRIPTORS)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 2**20
+    if max_inflight:
+        reserve = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_FUNCTION * max_inflight
+    else:
+        reserve = max(RESERVED_DESCRIPTORS, soft // 4)
+    return max(1, soft - reserve)
 
 
 class BodyError(Exception):
@@ -251,18 +283,28 @@ class Connection(asyncio.Protocol):
         self._reading = True
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self._draining = False  # the gateway is shutting down: requests queued get 503
+        self._discarding = False  # answered and closing: what comes is not parsed
+        self._line = 0  # bytes of the head's or the trailer section's current line
+        self._chunk_open = False  # a chunk's size line came, none of its data yet
+        self._trailing = False  # in a chunked body's trailer section
+        self._trailer_bytes = 0
+        self._trailer_fields = 0
 
     # --- transport events -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have the interface without the class.
         self._transport = cast(asyncio.Transport, transport)
-        self._server.connections.add(self)
+        if not self._server.admit(self):
+            self._transport.close()  # over the cap: no read, no answer
+            return
         self._arm(self._server.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._server.connections.discard(self)
+        self._server.idle.pop(self, None)
         if self._active is not None:
             self._server.ended()
         self._disarm()
@@ -276,11 +318,21 @@ class Connection(asyncio.Protocol):
             self._drained.set_exception(gone)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            self._discard(data)
+            return
         if self._parsing is None:  # in a head, or between requests
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self._bad_request(431, f"request head longer than {MAX_HEAD} bytes")
                 return
+            if self._grow_line(data):
+                self._bad_request(431, f"header field longer than {MAX_FIELD} bytes")
+                return
+        elif self._trailing and self._count_trailer(data):
+            return
+        # A whole piece after a chunk's size line without data is the trailer section.
+        open_before = self._chunk_open
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -289,7 +341,58 @@ class Connection(asyncio.Protocol):
             if self._parsing is not None:
                 self.on_message_complete()
         except httptools.HttpParserError as exc:
-            self._bad_request(*(self._refusal or (400, str(exc) or type(exc).__name__)))
+            reason = str(exc) or type(exc).__name__
+            status = 501 if reason.startswith(_UNSUPPORTED_CODING) else 400
+            self._bad_request(*(self._refusal or (status, reason)))
+        else:
+            if open_before and self._chunk_open and not self._trailing:
+                self._trailing = True
+                self._line = 0
+                self._count_trailer(data)  # what it already holds counts too
+
+    def _grow_line(self, data: bytes) -> bool:
+        """Follow the current line of a head or trailer section; True when it is
+        longer than MAX_LINE_BYTES. Only its first line is surely not a body's."""
+        end = data.find(b"\n")
+        if end < 0:
+            self._line += len(data)
+            return self._line > MAX_LINE_BYTES
+        if self._line + end > MAX_LINE_BYTES:
+            return True
+        self._line = len(data) - data.rfind(b"\n") - 1
+        return False
+
+    def _count_trailer(self, data: bytes) -> bool:
+        """Bound a trailer section as a head is; True when refused."""
+        self._trailer_bytes += len(data)
+        self._trailer_fields += data.count(b"\n")
+        if self._trailer_bytes > MAX_HEAD:
+            self._bad_request(431, f"trailer section longer than {MAX_HEAD} bytes")
+        elif self._trailer_fields > MAX_HEADERS + 1:  # and the empty line
+            self._bad_request(431, f"more than {MAX_HEADERS} trailer fields")
+        elif self._grow_line(data):
+            self._bad_request(431, f"trailer field longer than {MAX_FIELD} bytes")
+        else:
+            return False
+        return True
+
+    def _discard(self, data: bytes) -> None:
+        """After an answer that closes, sent before the body has come: the body is
+        read and dropped, unparsed, so that the client reads the answer instead of
+        a reset; up to its Content-Length, or DROP_AT_MOST of a chunked one."""
+        request = self._active
+        if request is None or self._transport is None:
+            return
+        body = request.body
+        body.received += len(data)
+        if request.chunked or request.content_length is None:
+            if body.received > DROP_AT_MOST:
+                self._discarding = False
+                self._transport.close()
+        elif body.received >= request.content_length:
+            self._discarding = False
+            self._parsing = request
+            self.on_message_complete()
 
     # A client's EOF closes the connection (the Protocol default), as Go's net/http
     # takes it: a hang-up, which ends the function (499). A client that half-closes
@@ -312,6 +415,14 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._target = b""
         self._headers = []
+        self._trailing = self._chunk_open = False
+        self._trailer_bytes = self._trailer_fields = 0
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = self._trailing = False
 
     def on_url(self, url: bytes) -> None:
         self._target += url
@@ -320,7 +431,10 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._parsing is not None:
-            return  # a chunked body's trailer: not a header of the request
+            # A chunked body's trailer: not a header of the request, but bounded as one.
+            if len(name) + len(value) > MAX_FIELD:
+                self.refuse(431, f"trailer field longer than {MAX_FIELD} bytes")
+            return
         if len(name) + len(value) > MAX_FIELD:
             self.refuse(431, f"header field longer than {MAX_FIELD} bytes")
         if len(self._headers) >= MAX_HEADERS:
@@ -329,13 +443,33 @@ class Connection(asyncio.Protocol):
                               value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
-        self._head_bytes = 0
-        if self._closing:
+        self._head_bytes = self._line = 0
+        if self._closing and not (self._draining and self._active is not None):
             return  # after an answer that closes: nothing more is served
         parser = self._parser
+        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        hosts = 0
+        codings: list[str] | None = None
+        for name, value in self._headers:
+            if len(name) == 4 and name.lower() == "host":
+                hosts += 1
+            elif len(name) == 17 and name.lower() == "transfer-encoding":
+                codings = (codings or []) + [
+                    coding.strip().lower() for coding in value.split(",") if coding.strip()]
+        # RFC 9112 3.2, as Go's net/http: one Host, required in HTTP/1.1.
+        if hosts > 1:
+            self.refuse(400, "more than one Host header")
+        if not hosts and version == "1.1":
+            self.refuse(400, "HTTP/1.1 request without a Host header")
+        if codings is not None:
+            if codings != ["chunked"]:
+                self.refuse(501, "Transfer-Encoding other than chunked: "
+                            + ", ".join(codings or ["(empty)"]))
+            if version == "1.0":
+                keep_alive = False  # RFC 9112 6.1: the framing cannot be trusted after
         request = Request(self, parser.get_method().decode("ascii", "replace"), self._target,
-                          parser.get_http_version(), self._headers,
-                          parser.should_keep_alive())
+                          version, self._headers, keep_alive)
         self._parsing = request
         if not request.content_length and not request.chunked:
             request.body.finish()  # no body: complete now, so that an answer needs no wait
@@ -346,6 +480,7 @@ class Connection(asyncio.Protocol):
             self.update_reading()
 
     def on_body(self, chunk: bytes) -> None:
+        self._chunk_open = False
         request = self._parsing
         if request is not None:
             request.body.feed(chunk)
@@ -353,6 +488,8 @@ class Connection(asyncio.Protocol):
                 self.update_reading()
 
     def on_message_complete(self) -> None:
+        self._trailing = self._chunk_open = False
+        self._line = 0
         request, self._parsing = self._parsing, None
         if request is None:
             return
@@ -388,8 +525,10 @@ class Connection(asyncio.Protocol):
                 transport.pause_reading()
 
     def close_when_idle(self) -> None:
-        """Close now if no request is being answered, else after its answer."""
+        """Close now if no request is being answered, else after its answer; the
+        requests pipelined behind it are answered 503."""
         self._closing = True
+        self._draining = True
         if self._active is None and self._transport is not None:
             self._transport.close()
 
@@ -399,6 +538,7 @@ class Connection(asyncio.Protocol):
 
     def _start(self, request: Request) -> None:
         self._disarm()  # a head is complete: the idle deadline is met
+        self._server.idle.pop(self, None)
         if self._active is None:
             self._server.began()
         self._active = request
@@ -483,6 +623,10 @@ class Connection(asyncio.Protocol):
         finally:
             self._task = None
             self._drained = None
+        # Before the next request starts, not in the task's done callback (a turn of
+        # the loop later): a streamed OSCAR answer gives its slot back here, and the
+        # call a client sends right after it must not find the limit still taken.
+        self._sent(response)
         self._done(request)
 
     def _done(self, request: Request) -> None:
@@ -494,6 +638,10 @@ class Connection(asyncio.Protocol):
         # Answered before its body came (a 429, a 413, a read timeout): read the rest
         # and throw it away, for a little while only.
         request.body.drop()
+        if self._closing:
+            # Nothing after it is served: what comes is not worth parsing (an endless
+            # trailer section, a large upload), only reading so that no reset comes.
+            self._discarding = True
         self.update_reading()
         self._arm(LINGER)
 
@@ -506,6 +654,8 @@ class Connection(asyncio.Protocol):
     def _go_on(self) -> None:
         if self._closing or self._transport is None:
             if self._transport is not None:
+                if self._draining and self._queue:
+                    self._shed_queue()
                 self._transport.close()
                 self._arm(LINGER)  # to flush what is written; then it is cut
             return
@@ -518,6 +668,21 @@ class Connection(asyncio.Protocol):
         else:
             self.update_reading()
             self._arm(self._server.idle_timeout)
+            self._server.idle[self] = None  # the longest idle is shed first: at the end
+
+    def _shed_queue(self) -> None:
+        """Shutting down: every request already received gets an answer, 503, the
+        last one with `Connection: close` (a client retries them elsewhere)."""
+        body = b"The gateway is shutting down.\n"
+        while self._queue:
+            request = self._queue.popleft()
+            request.body.fail(ConnectionResetError("the gateway is shutting down"))
+            self.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; "
+                       b"charset=utf-8\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
+                       % (len(body), self._server.date(),
+                          b"" if self._queue else b"Connection: close\r\n",
+                          b"" if request.method == "HEAD" else body))
+        self._parsing = None
 
     def _head(self, request: Request, response: Response, size: int) -> bytes:
         status = response.status
@@ -526,7 +691,7 @@ class Connection(asyncio.Protocol):
             # As request headers were decoded: an echoed value goes back byte for byte.
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (size, self._server.date()))
-        if self._closing:
+        if self._closing and not (self._draining and self._queue):
             lines.append(b"Connection: close\r\n")
         elif request.version == "1.0":
             lines.append(b"Connection: keep-alive\r\n")
@@ -590,11 +755,17 @@ class HttpServer:
     """Listens, and keeps the connections for the drain: `stop_listening`, then
     `close_idle`, then `shutdown`."""
 
-    def __init__(self, handler: Handler, *, idle_timeout: float) -> None:
+    def __init__(self, handler: Handler, *, idle_timeout: float,
+                 max_connections: int = 0) -> None:
         self.handler = handler
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections or default_max_connections(0)
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
+        # Connections answering no request, the longest idle first: the ones shed.
+        self.idle: dict[Connection, None] = {}
+        self._refused = 0  # at the cap since the last line that said so
+        self._refusal_logged = -CAP_LOG_INTERVAL
         self._servers: list[asyncio.Server] = []
         self._busy = 0  # connections answering a request
         self._quiet = asyncio.Event()
@@ -613,6 +784,26 @@ class HttpServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         name = server.sockets[-1].getsockname()
         return str(name[0]), int(name[1])
+
+    def admit(self, connection: Connection) -> bool:
+        """A new connection: at the cap, the longest idle one is closed to make room;
+        with none idle (every connection answering a request), the new one is refused."""
+        if len(self.connections) >= self.max_connections:
+            victim = next(iter(self.idle), None)
+            if victim is None:
+                self._refused += 1
+                now = self.loop.time()
+                if now - self._refusal_logged >= CAP_LOG_INTERVAL:
+                    log.warning("connection refused: at max_connections", extra={FIELDS: {
+                        "max_connections": self.max_connections, "refused": self._refused}})
+                    self._refused, self._refusal_logged = 0, now
+                return False
+            del self.idle[victim]
+            self.connections.discard(victim)
+            victim.close_when_idle()
+        self.connections.add(connection)
+        self.idle[connection] = None
+        return True
 
     def stop_listening(self) -> None:
         for server in self._servers:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, cast
 
-from watchdog.process import EpollReadiness, FunctionProcess, SpawnError, spawn
+from watchdog.process import EpollReadiness, FunctionProcess, SpawnError, Spill, spawn
 
 _spawn: ModuleType | None
 try:
@@ -50,6 +50,7 @@ class _Start(NamedTuple):
     max_output: int
     kill_grace: float
     orphaned: Orphaned
+    spill: Spill | None
 
 
 def threads_available() -> bool:
@@ -88,6 +89,7 @@ class Launcher:
         nice: int | None,
         orphaned: Orphaned,
         body: bytes | None = None,
+        spill: Spill | None = None,
     ) -> FunctionProcess:
         """Start `argv` as `process.spawn` does. A `body` that is the whole of its
         stdin may be written, as far as the pipe takes it without waiting, by the
@@ -98,9 +100,11 @@ class Launcher:
         spawner = self._spawner
         if spawner is None:
             return spawn(argv, env, combine_output=combine_output, max_output=max_output,
-                         kill_grace=kill_grace, nice=nice, readiness=self._readiness)
+                         kill_grace=kill_grace, nice=nice, readiness=self._readiness,
+                         spill=spill)
         started: asyncio.Future[FunctionProcess] = self._loop.create_future()
-        spawner.submit(_Start(started, argv[0], max_output, kill_grace, orphaned), argv[0],
+        spawner.submit(_Start(started, argv[0], max_output, kill_grace, orphaned, spill),
+                       argv[0],
                        list(argv), env if type(env) is dict else dict(env), combine_output,
                        nice, body)
         self._pending += 1
@@ -154,13 +158,13 @@ class Launcher:
                    pidfd: int, fed: int) -> None:
         assert self._loop is not None
         assert self._readiness is not None
-        started, program, max_output, kill_grace, orphaned = cast(_Start, token)
+        started, program, max_output, kill_grace, orphaned, spill = cast(_Start, token)
         proc = None
         if not error:
             try:
                 proc = FunctionProcess(self._loop, pid, stdin_fd, stdout_fd, pidfd=pidfd,
                                        fed=fed, max_output=max_output, kill_grace=kill_grace,
-                                       readiness=self._readiness)
+                                       readiness=self._readiness, spill=spill)
             except Exception as exc:  # no descriptor left to watch it with, or a bug
                 _abandon(pid, stdin_fd, stdout_fd, pidfd)
                 if not isinstance(exc, OSError):

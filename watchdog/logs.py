@@ -17,7 +17,16 @@ def _quote(value: Any) -> str:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if not escaped.isprintable():
+        # Control bytes from a request (ESC, BEL, NUL, a byte that was not UTF-8)
+        # must not reach a terminal or a log shipper as they are.
+        escaped = "".join(c if c.isprintable() else _escape(c) for c in escaped)
     return f'"{escaped}"'
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -36,34 +45,15 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
-class BadRequestLine(logging.Filter):
-    """aiohttp logs a client's malformed request as an error with a traceback: make
-    it one warning line, so that a flood of garbage cannot flood the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        message = getattr(exc, "message", None)
-        if exc is not None and isinstance(getattr(exc, "code", None), int) and message:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg, record.args, record.exc_info = "bad request", (), None
-            setattr(record, FIELDS, {"status": exc.code,  # type: ignore[attr-defined]
-                                     "reason": str(message).strip().splitlines()[0]})
-        return True
-
-
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
     root = logging.getLogger("watchdog")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    # NOTSET means everything (as on the root logger, where OSCAR's supervisor sets
+    # it); on this logger it would mean "ask the parent", whose level is WARNING.
+    root.setLevel(logging.getLevelNamesMapping()[level] or 1)
     root.propagate = False
-    # aiohttp's own complaints (bad requests, handler errors) in the same format.
-    server = logging.getLogger("aiohttp.server")
-    server.handlers[:] = [handler]
-    server.setLevel(max(logging.getLevelNamesMapping()[level], logging.WARNING))
-    server.propagate = False
-    server.filters[:] = [BadRequestLine()]
 
 
 class AccessLog:

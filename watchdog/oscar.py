@@ -12,44 +12,38 @@ limit, timeouts, process groups and metrics are the ones of classic mode.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import contextlib
 import errno
 import hmac
-import json
 import logging
 import os
-import shutil
-import stat
-import tempfile
-import uuid
-import zipfile
-from collections.abc import AsyncIterator, Mapping
-from urllib.parse import quote
+import threading
+from collections.abc import Callable, Mapping
 
+from watchdog import handover, oscar_events, oscar_pod
 from watchdog.config import Config
 from watchdog.executor import Body, Executor, Result, as_chunks
 from watchdog.logs import FIELDS
+from watchdog.oscar_input import Base64Decoder, InputError, write_input
+from watchdog.oscar_output import (
+    OUTPUT_HEADER,
+    Workspace,
+    base64_length,
+    encode_exactly,
+    header_name,
+    make_unnamed_file,
+    open_output,
+    output_files,
+    shown_name,
+    write_zip,
+)
 
 log = logging.getLogger("watchdog")
 
-# A JSON body is parsed before it is written, so it is held: this bounds it
-# unless max_body_bytes is set.
-JSON_BODY_CAP = 64 * 2**20
-# Base64 works in groups of 3 bytes -> 4 characters: read outputs in multiples of 3
-# so that the encoded pieces join into one valid encoding.
-ENCODE_CHUNK = 3 * 256 * 1024
-OUTPUT_HEADER = "X-Watchdog-Output"  # log | file | zip: how to read the body
-TOKEN_VARIABLES = ("OSCAR_SERVICE_TOKEN",)  # never handed to the script
+# Never handed to a script outside OSCAR's pod (in it, only the file's path).
+TOKEN_VARIABLES = (oscar_pod.SERVICE_TOKEN, oscar_pod.SERVICE_TOKEN_FILE)
 
 
-class InputError(Exception):
-    """The body cannot become an input file; `status` and `reason` say why."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 # --- authorisation ---------------------------------------------------------------------
@@ -65,261 +59,163 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
     return hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
-# --- input -------------------------------------------------------------------------------
-
-
-class Base64Decoder:
-    """Strict, streaming base64: line breaks are allowed anywhere (the `base64`
-    tool wraps at 76), padding only at the very end and optional there; any
-    other character is an error, never silently dropped."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self._ended = False  # a padded group was decoded: nothing may follow
-
-    def feed(self, data: bytes) -> bytes:
-        data = data.translate(None, b"\r\n")
-        if not data:
-            return b""
-        if self._ended:
-            raise InputError(400, "Body is not valid base64: data after the padding.")
-        data = self._pending + data
-        usable = len(data) - len(data) % 4
-        self._pending = data[usable:]
-        return self._decode(data[:usable])
-
-    def finish(self) -> bytes:
-        pending, self._pending = self._pending, b""
-        if not pending:
-            return b""
-        if len(pending) == 1 or self._ended:
-            raise InputError(400, "Body is not valid base64: it ends in the middle of a "
-                                  "4-character group.")
-        return self._decode(pending + b"=" * (4 - len(pending)))
-
-    def _decode(self, groups: bytes) -> bytes:
-        if not groups:
-            return b""
-        padding = groups.find(b"=")
-        if padding >= 0:
-            if padding < len(groups) - 4:
-                raise InputError(400, "Body is not valid base64: padding in the middle.")
-            self._ended = True
-        try:
-            decoded = binascii.a2b_base64(groups, strict_mode=True)
-        except binascii.Error as exc:
-            raise InputError(400, f"Body is not valid base64 ({exc}); send a JSON object "
-                                  "or base64 (spaces are not allowed).") from None
-        return decoded
-
-
-async def write_input(body: AsyncIterator[bytes], path: str, *, max_bytes: int) -> None:
-    """Write the body to a new file at `path`: a JSON object or array byte for byte,
-    anything else base64-decoded as it arrives. Raises InputError (400 bad input,
-    413 too large)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        received = 0
-        held = bytearray()  # leading whitespace, then the whole body if JSON
-        is_json = False
-        decoder: Base64Decoder | None = None
-        json_cap = max_bytes or JSON_BODY_CAP
-        async for chunk in body:
-            received += len(chunk)
-            if max_bytes and received > max_bytes:
-                raise InputError(413, f"Request body larger than max_body_bytes ({max_bytes}).")
-            if decoder is not None:
-                _write_all(fd, decoder.feed(chunk))
-                continue
-            held += chunk
-            if not is_json:
-                start = bytes(held.lstrip()[:1])
-                if not start:
-                    continue  # only whitespace so far: undecided
-                # `{` and `[` are not in base64's alphabet: no ambiguity.
-                is_json = start in b"{["
-                if not is_json:
-                    decoder = Base64Decoder()
-                    _write_all(fd, decoder.feed(bytes(held)))
-                    held.clear()
-                    continue
-            if len(held) > json_cap:
-                raise InputError(413, f"JSON body larger than {json_cap} bytes; send large "
-                                      "inputs base64-encoded.")
-        if decoder is not None:
-            _write_all(fd, decoder.finish())
-        elif held.strip():
-            _check_json(held)
-            _write_all(fd, held)
-    finally:
-        os.close(fd)
-
-
-def _check_json(document: bytes | bytearray) -> None:
-    try:
-        value = json.loads(document)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(400, f"Body looks like JSON but is not valid JSON ({exc}).") from None
-    if not isinstance(value, dict | list):
-        raise InputError(400, "Body must be a JSON object or array, or base64.")
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-# --- the workspace ----------------------------------------------------------------------
-
-
-class Workspace:
-    """A request's private folders (0700): input/, output/, and room for a zip.
-
-    Removed when the last of its holders lets go: the request once its answer is
-    sent, and the script once its whole group is gone."""
-
-    def __init__(self, root: str) -> None:
-        self.path = tempfile.mkdtemp(prefix="oscar-", dir=root)
-        self.input_dir = os.path.join(self.path, "input")
-        self.output_dir = os.path.join(self.path, "output")
-        os.mkdir(self.input_dir, 0o700)
-        os.mkdir(self.output_dir, 0o700)
-        # The supervisor's name for it, so that scripts that look at it still work.
-        self.input_file = os.path.join(self.input_dir, f"event-file-{uuid.uuid4()}")
-        self.zip_file = os.path.join(self.path, "output.zip")
-        self._holders = 1
-
-    def environment(self) -> dict[str, str]:
-        return {
-            "INPUT_FILE_PATH": self.input_file,
-            "TMP_INPUT_DIR": self.input_dir,
-            "TMP_OUTPUT_DIR": self.output_dir,
-        }
-
-    def hold(self) -> None:
-        self._holders += 1
-
-    def release(self) -> None:
-        self._holders -= 1
-        if self._holders == 0:
-            remove_tree(self.path)
-
-
-def remove_tree(path: str) -> None:
-    """rmtree that also gets through folders a script made read-only."""
-
-    def make_writable(function: object, failed: str, info: object) -> None:
-        try:
-            os.chmod(os.path.dirname(failed), 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed, ignore_errors=True)
-            else:
-                os.unlink(failed)
-        except OSError:
-            log.warning("cannot remove a workspace file", extra={FIELDS: {"path": failed}})
-
-    shutil.rmtree(path, onerror=make_writable)  # onexc from 3.12; onerror still works
-
-
-# --- output ------------------------------------------------------------------------------
-
-
-def output_files(folder: str) -> list[tuple[str, str]]:
-    """Regular files under `folder`, recursively, as (name relative to it, path to
-    read), sorted by name. A symlink counts only when it points at a regular file
-    inside the folder; FIFOs, devices and sockets are never opened."""
-    root = os.path.realpath(folder)
-    found = []
-    for dirpath, _, filenames in os.walk(folder, followlinks=False):
-        for filename in filenames:
-            path = os.path.join(dirpath, filename)
-            name = os.path.relpath(path, folder)
-            try:
-                mode = os.lstat(path).st_mode
-                if stat.S_ISLNK(mode):
-                    target = os.path.realpath(path)
-                    if not target.startswith(root + os.sep) or not stat.S_ISREG(
-                            os.stat(target).st_mode):
-                        log.warning("output symlink ignored: it leaves TMP_OUTPUT_DIR or "
-                                    "is not a file", extra={FIELDS: {"name": name}})
-                        continue
-                    path = target
-                elif not stat.S_ISREG(mode):
-                    continue
-            except OSError:
-                continue
-            found.append((name.replace(os.sep, "/"), path))
-    return sorted(found)
-
-
-def write_zip(files: list[tuple[str, str]], destination: str) -> None:
-    with zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, path in files:
-            archive.write(path, arcname=name)
-
-
-def base64_length(size: int) -> int:
-    return 4 * ((size + 2) // 3)
-
-
-async def base64_chunks(path: str) -> AsyncIterator[bytes]:
-    """The file's base64 encoding, a piece at a time (reads off the event loop)."""
-    with open(path, "rb") as f:
-        while True:
-            data = await asyncio.to_thread(f.read, ENCODE_CHUNK)
-            if not data:
-                return
-            yield base64.b64encode(data)
-
-
 # --- one invocation ----------------------------------------------------------------------
 
 
 class OscarInvoker:
-    def __init__(self, config: Config, executor: Executor, workspace_root: str) -> None:
+    def __init__(self, config: Config, executor: Executor, workspace_root: str,
+                 service: oscar_pod.ServiceDefinition | None = None) -> None:
         self._config = config
         self._executor = executor
         self._root = workspace_root
+        # The pod's script and FDL, as the supervisor finds them; None: fprocess only.
+        self._service = service
+        # What the gateway hands over to: OSCAR's supervisor, when fprocess is it.
+        self._supervisor = config.supervisor
+        # In OSCAR's pod the script sees the caller's Authorization, as OSCAR gives it.
+        self.strips_credentials = not config.oscar_pod
 
     async def invoke(self, env: Mapping[str, str], body: Body, started: float) -> Result:
         executor = self._executor
         rejected = executor.admit()
         if rejected is not None:
             return rejected
+        fdl = self._service.fdl() if self._service is not None else oscar_pod.NO_FDL
+        every_call = handover.reason_for_every_call(fdl)
+        if self._supervisor and every_call:
+            return await self._hand_over(env, body, started, every_call)
+        if self._service is not None and self._service.script_error:
+            executor.withdraw()
+            return Result.text(500, f"Cannot run the service's script: "
+                                    f"{self._service.script_error}.")
         try:
             workspace = Workspace(self._root)
         except OSError as exc:
             executor.withdraw()
             return _storage_error(exc)
+        # The slot is held by the script's group and by the request, which packs
+        # the output and sends it: given back when both are done.
+        slot = _Shares(2, lambda: executor.withdraw(
+            asyncio.get_running_loop().time() - started))
         started_script = False
+        finish = _Shares(1, lambda: None)
         try:
-            result = await self._receive(body, workspace, started)
-            if result is None:
+            sniffed = handover.Sniffed(as_chunks(body))
+            result = await self._receive(sniffed.chunks(), workspace, started,
+                                         raw=fdl.file_stage_in)
+            plan = result if result is not None else await self._plan(
+                workspace, env, fdl, json=sniffed.first == b"{")
+            if isinstance(plan, Result):
+                result = plan
+            else:
+                script_env, reason = plan
                 workspace.hold()  # the script's share, let go when its group is gone
                 started_script = True
-                result = await executor.run({**env, **workspace.environment()}, None,
-                                            started, on_gone=workspace.release)
-                if result.exit is not None and result.exit.ok:
-                    result = await self._pack(workspace, result)
+                result = await executor.run(
+                    script_env, handover.file_chunks(workspace.input_file) if reason
+                    else None, started,
+                    on_gone=lambda: _each(workspace.release, slot.drop), keep_slot=True,
+                    argv=self._supervisor if reason else self._script(),
+                    combine_output=False if reason else None)
+                if reason:
+                    result.headers[OUTPUT_HEADER] = "supervisor"
+                else:
+                    result = self._status(result)
+                    if result.exit is not None and result.status == 200:
+                        result, finish = await self._pack(workspace, result, started)
         except BaseException:
-            workspace.release()
-            raise
-        finally:
+            _each(finish.drop, workspace.release, slot.drop)
             if not started_script:
-                executor.withdraw()
-        result.cleanup = workspace.release  # the request's share: once the answer is sent
+                slot.drop()
+            raise
+        if not started_script:
+            slot.drop()
+        # The request's share: once the answer is sent (or cannot be).
+        result.cleanup = lambda: _each(finish.drop, workspace.release, slot.drop)
+        return result
+
+    async def _hand_over(self, env: Mapping[str, str], body: Body, started: float,
+                         reason: str) -> Result:
+        """The whole call to the supervisor, the body streamed to it as it arrives."""
+        log.debug("handed over to the supervisor", extra={FIELDS: {"reason": reason}})
+        result = await self._executor.run(env, body, started, argv=self._supervisor,
+                                          combine_output=False)
+        result.headers[OUTPUT_HEADER] = "supervisor"
+        return result
+
+    async def _plan(self, workspace: Workspace, env: Mapping[str, str], fdl: oscar_pod.Fdl,
+                    *, json: bool) -> tuple[dict[str, str], str] | Result:
+        """The received body as the supervisor would take it: the script's
+        environment, and why the supervisor should serve it instead (empty: it
+        should not), or the answer when the body cannot be an input."""
+        script_env = {**env, **workspace.environment()}
+        if json:
+            try:
+                event = await asyncio.to_thread(oscar_events.classify_file,
+                                                workspace.input_file)
+            except OSError as exc:
+                return _storage_error(exc)
+            if event.kind == oscar_events.HAND_OVER and self._supervisor:
+                log.debug("handed over to the supervisor",
+                          extra={FIELDS: {"reason": event.reason}})
+                return dict(env), event.reason
+            if event.kind == oscar_events.API_GATEWAY:
+                script_env.update(event.variables)
+                if not fdl.file_stage_in:
+                    failed = await self._api_gateway_input(workspace, event)
+                    if failed is not None:
+                        return failed
+        if fdl.file_stage_in:
+            # As the supervisor: no input file, INPUT_FILE_PATH unset.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(workspace.input_file)
+            del script_env["INPUT_FILE_PATH"]
+        return script_env, ""
+
+    async def _api_gateway_input(self, workspace: Workspace,
+                                 event: oscar_events.Event) -> Result | None:
+        content = event.body
+        if not event.body_is_json:
+            decoder = Base64Decoder()
+            try:
+                content = await asyncio.to_thread(
+                    lambda: decoder.feed(event.body) + decoder.finish())
+            except InputError as exc:
+                return Result.text(exc.status, f"API-Gateway event's body: {exc.reason}")
+        try:
+            await asyncio.to_thread(handover.replace_input, workspace.input_file, content)
+        except OSError as exc:
+            return _storage_error(exc)
+        return None
+
+    def _script(self) -> tuple[str, ...] | None:
+        """The pod's SCRIPT when there is one, else fprocess (None)."""
+        return self._service.script if self._service is not None else None
+
+    def _status(self, result: Result) -> Result:
+        """With oscar_always_200, a script that failed answers as if it had not, as
+        the supervisor does (not one the gateway stopped: timeouts keep theirs)."""
+        exit = result.exit
+        if (self._config.oscar_always_200 and exit is not None and not exit.ok
+                and exit.stopped_for is None and not exit.overflowed):
+            return Result.output(200, exit)  # held, or spilled
         return result
 
     async def _receive(self, body: Body, workspace: Workspace,
-                       started: float) -> Result | None:
+                       started: float, *, raw: bool = False) -> Result | None:
+        """The body to the input file: decoded, or as it is (`raw`: file_stage_in,
+        where the supervisor decodes nothing)."""
         config = self._config
         deadline = started + config.read_timeout if config.read_timeout else None
         try:
             async with asyncio.timeout_at(deadline):
-                await write_input(as_chunks(body), workspace.input_file,
-                                  max_bytes=config.max_body_bytes)
+                if not raw:
+                    await write_input(as_chunks(body), workspace.input_file,
+                                      max_bytes=config.max_body_bytes)
+                elif not await handover.spool(as_chunks(body), workspace.input_file,
+                                              max_bytes=config.max_body_bytes):
+                    raise InputError(413, "Request body larger than max_body_bytes "
+                                          f"({config.max_body_bytes}).")
         except TimeoutError:
             return Result.text(408, "Request body not received within read_timeout.")
         except InputError as exc:
@@ -328,29 +224,99 @@ class OscarInvoker:
             return _storage_error(exc)
         return None
 
-    async def _pack(self, workspace: Workspace, result: Result) -> Result:
+    async def _pack(self, workspace: Workspace, result: Result,
+                    started: float) -> tuple[Result, _Shares]:
+        """The output as the answer: walked, opened (and zipped) in a thread, under
+        write_timeout; the returned share closes the answer's file when dropped."""
+        config = self._config
+        deadline = started + config.write_timeout if config.write_timeout else None
+        stop = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(
+            _pack_output, workspace.output_dir, self._root, stop))
         try:
-            files = await asyncio.to_thread(output_files, workspace.output_dir)
-            if not files:
-                result.headers[OUTPUT_HEADER] = "log"
-                return result
-            if len(files) == 1:
-                name, path = files[0]
-                kind = f"file; name={quote(name)}"
-            else:
-                path = workspace.zip_file
-                await asyncio.to_thread(write_zip, files, path)
-                kind = f"zip; files={len(files)}"
-            size = os.stat(path).st_size
-        except OSError as exc:
-            return _storage_error(exc)
+            async with asyncio.timeout_at(deadline):
+                packed = await asyncio.shield(work)
+        except BaseException as exc:
+            # The thread stops at its next piece; what it made is closed then.
+            stop.set()
+            work.add_done_callback(_close_packed)
+            if isinstance(exc, TimeoutError):
+                return Result.text(504, "Output not packed within write_timeout."), _NOTHING
+            if isinstance(exc, OSError):
+                return _storage_error(exc), _NOTHING
+            raise
+        if packed is None:
+            result.headers[OUTPUT_HEADER] = "log"
+            return result, _NOTHING
+        fd, size, kind = packed
         return Result(
             200, [],
             {"Content-Type": "text/plain; charset=us-ascii", OUTPUT_HEADER: kind},
             exit=result.exit,
-            stream=lambda: base64_chunks(path),
+            stream=lambda: encode_exactly(fd, size, deadline),
             content_length=base64_length(size),
-        )
+        ), _Shares(1, lambda: os.close(fd))
+
+
+def _pack_output(folder: str, spare: str,
+                 stop: threading.Event) -> tuple[int, int, str] | None:
+    """(descriptor, size, X-Watchdog-Output) of what to send, or None: no files.
+    One file is sent as it is; several as a zip in a file with no name, made in
+    `spare`, away from the script's folders."""
+    files = output_files(folder)
+    while len(files) == 1:
+        name, path = files[0]
+        try:
+            fd, size = open_output(path, folder)
+        except OSError as exc:
+            log.warning("output file refused",
+                        extra={FIELDS: {"name": shown_name(name), "error": exc.strerror}})
+            files = []
+            break
+        return fd, size, f"file; name={header_name(name)}"
+    if not files:
+        return None
+    fd = make_unnamed_file(spare)
+    try:
+        written = write_zip(files, fd, folder, stop)
+        return fd, os.fstat(fd).st_size, f"zip; files={written}"
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _close_packed(work: asyncio.Future[tuple[int, int, str] | None]) -> None:
+    if work.cancelled() or work.exception() is not None:
+        return  # retrieved: nothing was left open
+    packed = work.result()
+    if packed is not None:
+        os.close(packed[0])
+
+
+class _Shares:
+    """Something done once, when the last of its holders lets go."""
+
+    def __init__(self, holders: int, then: Callable[[], None]) -> None:
+        self._holders = holders
+        self._then = then
+
+    def drop(self) -> None:
+        self._holders -= 1
+        if self._holders == 0:
+            self._then()
+
+
+_NOTHING = _Shares(0, lambda: None)  # nothing to let go of (dropping it does nothing)
+
+
+def _each(*steps: Callable[[], None]) -> None:
+    """Every step, even when one fails: a cleanup's error must not skip the
+    bookkeeping after it (a slot never given back, a folder left for good)."""
+    for step in steps:
+        try:
+            step()
+        except Exception:
+            log.exception("cleanup step failed")
 
 
 def _storage_error(exc: OSError) -> Result:
@@ -360,6 +326,10 @@ def _storage_error(exc: OSError) -> Result:
     return Result.text(500, f"Cannot prepare the request's files: {exc.strerror}.")
 
 
-def script_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The pod's environment as the script sees it: without the service token."""
-    return {k: v for k, v in environ.items() if k not in TOKEN_VARIABLES}
+def script_environment(environ: Mapping[str, str], *, pod: bool = False) -> dict[str, str]:
+    """The pod's environment as the script sees it. In OSCAR's pod, as the supervisor
+    passes it (OSCAR_SERVICE_TOKEN included: scripts call other services with it);
+    elsewhere the token is the gateway's and stays with it. A token file's path
+    never goes on (the gateway has read the token once)."""
+    hidden = (oscar_pod.SERVICE_TOKEN_FILE,) if pod else TOKEN_VARIABLES
+    return {k: v for k, v in environ.items() if k not in hidden}

@@ -15,6 +15,9 @@ Knows nothing of HTTP. The mechanism, and why:
 - Pipes are non-blocking and served by loop callbacks (stdout and the pidfd through
   one epoll set, EpollReadiness): writing the body waits for the pipe to drain
   (backpressure); output is bounded by `max_output`.
+- Output is held in memory up to a threshold, and past it moved to an unnamed file
+  (`Spill`), from which the answer is sent: the gateway's memory stays flat
+  whatever the size of its functions' answers.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import errno
 import fcntl
 import os
 import select
+import shutil
 import signal
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 # After the leader exits, how long a grandchild that still holds stdout may go on
@@ -59,6 +64,8 @@ class Exit:
     overflowed: bool  # output passed max_output and was dropped
     stopped_for: str | None  # why the gateway stopped it, if it did
     duration: float  # seconds from spawn to exit
+    # The output, when it passed the spill threshold: in a file, `output` empty.
+    spilled: SpilledOutput | None = None
 
     @property
     def ok(self) -> bool:
@@ -87,6 +94,79 @@ def signal_name(number: int) -> str:
 
 def signal_text(number: int) -> str:
     return (signal.strsignal(number) or signal_name(number)).lower()
+
+
+class Spill:
+    """Where output past `threshold` bytes goes: an unnamed file (O_TMPFILE, 0600) in
+    `folder`, which no name leads to and which is gone with its last descriptor.
+    Where the file system has no O_TMPFILE, a file made in a private folder of the
+    gateway's (0700, a random name) and unlinked at once."""
+
+    def __init__(self, threshold: int, folder: str) -> None:
+        self.threshold = threshold
+        self._folder = folder
+        self._private: str | None = None
+
+    def open(self) -> int:
+        try:
+            return os.open(self._folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        if self._private is None:
+            self._private = tempfile.mkdtemp(prefix="watchdog-output-", dir=self._folder)
+        fd, path = tempfile.mkstemp(dir=self._private)
+        os.unlink(path)
+        return fd
+
+    def close(self) -> None:
+        """Remove the private folder, if one was made (its files had no names)."""
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
+
+
+class SpilledOutput:
+    """A function's output in a file only the gateway holds (see `Spill`). Closed by
+    whoever sent it; else when dropped, as a file object is."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # a regular file takes it all, but for an error
+            view = view[os.write(self.fd, view):]
+        self.size += len(data)
+
+    def head(self, size: int) -> bytes:
+        return os.pread(self.fd, min(size, self.size), 0)
+
+    async def chunks(self, prefix: bytes = b"") -> AsyncIterator[bytes]:
+        """`prefix`, then exactly `size` bytes: the file is the gateway's alone, so
+        it cannot shrink under the answer's Content-Length."""
+        if prefix:
+            yield prefix
+        offset = 0
+        while offset < self.size:
+            # From the page cache, where it was written a moment ago: as quick as
+            # a hop to a thread would be, and the loop waits for each write anyway.
+            piece = os.pread(self.fd, min(READ_SIZE, self.size - offset), offset)
+            if not piece:
+                raise OSError(errno.EIO, "spilled output shorter than written")
+            offset += len(piece)
+            yield piece
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class EpollReadiness:
@@ -129,8 +209,8 @@ class FunctionProcess:
 
     __slots__ = ("_callbacks", "_exit", "_exit_time", "_kill_grace", "_loop", "_max_output",
                  "_output", "_output_size", "_overflowed", "_pidfd", "_readiness", "_reaped",
-                 "_started", "_status", "_stdin_fd", "_stdout_fd", "_stopped_for", "_timers",
-                 "_writable", "fed", "pid")
+                 "_spill", "_spilled", "_started", "_status", "_stdin_fd", "_stdout_fd",
+                 "_stopped_for", "_timers", "_writable", "fed", "pid")
 
     def __init__(
         self,
@@ -144,6 +224,7 @@ class FunctionProcess:
         pidfd: int = -1,
         readiness: EpollReadiness,
         fed: int = 0,
+        spill: Spill | None = None,
     ) -> None:
         self.pid = pid
         self.fed = fed  # bytes of its stdin that whoever started it wrote already
@@ -156,6 +237,8 @@ class FunctionProcess:
         self._output: list[bytes] = []
         self._output_size = 0
         self._overflowed = False
+        self._spill = spill
+        self._spilled: SpilledOutput | None = None
         self._stopped_for: str | None = None
         self._status: tuple[int | None, int | None] | None = None  # (code, signal)
         self._exit_time = 0.0
@@ -315,6 +398,8 @@ class FunctionProcess:
             os.close(self._pidfd)
             self._pidfd = -1
         code, sig = self._status
+        if self._stopped_for is not None:
+            self._drop_spilled()  # what a stopped function wrote is never sent
         self._exit = Exit(
             code=code,
             signal=sig,
@@ -323,6 +408,7 @@ class FunctionProcess:
             overflowed=self._overflowed,
             stopped_for=self._stopped_for,
             duration=self._exit_time - self._started,
+            spilled=self._spilled,
         )
         if self._reaped is not None and not self._reaped.done():
             self._reaped.set_result(None)
@@ -364,11 +450,32 @@ class FunctionProcess:
         if self._output_size > self._max_output:
             self._overflowed = True
             self._output = []
+            self._drop_spilled()
             self._close_stdout()
             self.stop("overflow")
             return False
-        self._output.append(data)
+        try:
+            if self._spilled is not None:
+                self._spilled.write(data)
+            elif self._spill is not None and self._output_size > self._spill.threshold:
+                self._spilled = SpilledOutput(self._spill.open())
+                for held in (*self._output, data):
+                    self._spilled.write(held)
+                self._output = []
+            else:
+                self._output.append(data)
+        except OSError:  # no space, no descriptor: the answer cannot be whole
+            self._output = []
+            self._drop_spilled()
+            self._close_stdout()
+            self.stop("spill_failed")
+            return False
         return True
+
+    def _drop_spilled(self) -> None:
+        if self._spilled is not None:
+            self._spilled.close()
+            self._spilled = None
 
     def _close_stdout(self) -> None:
         if self._stdout_fd >= 0:
@@ -401,11 +508,12 @@ def spawn(
     kill_grace: float,
     readiness: EpollReadiness,
     nice: int | None = None,
+    spill: Spill | None = None,
 ) -> FunctionProcess:
     """Start `argv` with `env`; its stdin and stdout (and stderr when
     `combine_output`, else the gateway's stderr) are pipes; `nice`, when given, is
-    its nice value; its output and end are watched through `readiness`. Raises
-    SpawnError."""
+    its nice value; its output and end are watched through `readiness`, and output
+    past `spill`'s threshold goes to its file. Raises SpawnError."""
     loop = asyncio.get_running_loop()
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
@@ -441,7 +549,7 @@ def spawn(
     fcntl.fcntl(stdout_r, fcntl.F_SETFL, os.O_NONBLOCK)
     return FunctionProcess(
         loop, pid, stdin_w, stdout_r, max_output=max_output, kill_grace=kill_grace,
-        readiness=readiness,
+        readiness=readiness, spill=spill,
     )
 
 

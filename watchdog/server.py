@@ -2,8 +2,9 @@
 lifecycle `start -> serve -> drain -> stop` of a `Watchdog`.
 
 Everything that decides what happens to a request lives in the executor; this
-module only translates between HTTP (`watchdog.http` on the function port,
-aiohttp on the metrics port) and it.
+module only translates between HTTP (`watchdog.http`, on the function port and
+the metrics port) and it. aiohttp is not imported here: it is the client's (`fwatchdog
+run`), and importing it was half of the gateway's cold start.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from watchdog import cgi, oscar
+from watchdog import cgi, oscar, oscar_pod
 from watchdog.config import Config
 from watchdog.executor import Body, Executor, Result
-from watchdog.http import BodyError, HttpServer, Outcome, Request, Response
+from watchdog.http import BodyError, HttpServer, Outcome, Request, Response, default_max_connections
 from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import Metrics
@@ -33,8 +33,8 @@ log = logging.getLogger("watchdog")
 # A mode's invocation: (environment, body, start time) -> the answer.
 Invoke = Callable[[Mapping[str, str], Body, float], Awaitable[Result]]
 
-# The methods the Go watchdog forks for (it answers 405 to the rest), plus PATCH.
-FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "UPDATE"})
+# The methods forked for, as the Go watchdog (which answers 405 to the rest).
+FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH"})
 # Client closed the connection before the answer (nginx's convention), for
 # metrics and logs only: nobody receives it.
 CLIENT_CLOSED = 499
@@ -45,6 +45,9 @@ IDLE_WITHOUT_READ_TIMEOUT = 75.0
 WRITE_OUT_GRACE = 5.0
 # marshal_request must hold the body; without max_body_bytes, this bounds it.
 MARSHAL_BODY_CAP = 64 * 2**20
+# Connections at once on the metrics port (scrapers, probes): the longest idle is
+# shed beyond it. Within watchdog.http's RESERVED_DESCRIPTORS.
+METRICS_MAX_CONNECTIONS = 16
 
 
 class Watchdog:
@@ -78,10 +81,13 @@ class Watchdog:
             multiprocess.MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
         self.executor = Executor(config, self.limiter, self.metrics)
         self.oscar: oscar.OscarInvoker | None = None
+        self.service: oscar_pod.ServiceDefinition | None = None
         if config.mode == "oscar":
-            self.environ = oscar.script_environment(self.environ)
-            self.oscar = oscar.OscarInvoker(config, self.executor,
-                                            os.path.dirname(config.lock_path))
+            self.environ = oscar.script_environment(self.environ, pod=config.oscar_pod)
+            workspaces = os.path.dirname(config.lock_path)
+            self.service = oscar_pod.ServiceDefinition(
+                config.oscar_root, environ, workspaces, own_script=config.oscar_defaults)
+            self.oscar = oscar.OscarInvoker(config, self.executor, workspaces, self.service)
         self.access_log = AccessLog(config.log_level)
         self.accepting = False
         self.addresses: dict[str, tuple[str, int]] = {}
@@ -91,8 +97,8 @@ class Watchdog:
         self._requests = 0  # function requests being handled
         self._idle = asyncio.Event()
         self._idle.set()
-        self._runners: list[web.BaseRunner] = []
         self._http: HttpServer | None = None
+        self._metrics_http: HttpServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---------------------------------------------------------------
@@ -128,15 +134,18 @@ class Watchdog:
         # time (as Go's http.Server uses ReadTimeout for idle connections).
         idle = config.read_timeout or IDLE_WITHOUT_READ_TIMEOUT
         self._loop = asyncio.get_running_loop()
-        self._http = HttpServer(self._dispatch, idle_timeout=idle)
+        max_connections = config.max_connections or default_max_connections(
+            config.max_inflight)
+        self._http = HttpServer(self._dispatch, idle_timeout=idle,
+                                max_connections=max_connections)
         self.addresses["function"] = await self._http.listen(
             config.bind_address or None, config.port, reuse_port=self.worker is not None)
-        metrics_app = web.Application()
-        metrics_app.router.add_get("/metrics", self._metrics)
-        self.addresses["metrics"] = await self._listen(
-            web.AppRunner(metrics_app, access_log=None, shutdown_timeout=WRITE_OUT_GRACE,
-                          keepalive_timeout=idle),
-            config.metrics_bind_address, config.metrics_port)
+        # Not drained with the function port: scrapes go on until stop().
+        self._metrics_http = HttpServer(self._metrics, idle_timeout=idle,
+                                        max_connections=METRICS_MAX_CONNECTIONS)
+        self.addresses["metrics"] = await self._metrics_http.listen(
+            config.metrics_bind_address or None, config.metrics_port,
+            reuse_port=self.worker is not None)
         if not config.suppress_lock:
             with open(config.lock_path, "w"):
                 pass
@@ -146,7 +155,11 @@ class Watchdog:
             "metrics_address": _show(self.addresses["metrics"]),
             "fprocess": " ".join(config.fprocess),
             "max_inflight": config.max_inflight,
+            "max_connections": max_connections,
             **({"worker": self.worker} if self.worker is not None else {}),
+            "mode": config.mode,
+            "reason": config.mode_reason,
+            **({"supervisor": " ".join(config.supervisor)} if config.supervisor else {}),
         }})
 
     async def drain(self) -> None:
@@ -180,11 +193,13 @@ class Watchdog:
     async def stop(self) -> None:
         if self._http is not None:
             await self._http.shutdown(WRITE_OUT_GRACE)
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners.clear()
+        if self._metrics_http is not None:  # the last listener closed, as it was opened
+            await self._metrics_http.shutdown(WRITE_OUT_GRACE)
+            self._metrics_http = None
         await self.executor.stop()  # functions of clients that hung up, and orphans
         self._remove_lock()
+        if self.service is not None:
+            self.service.close()
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,8 +237,8 @@ class Watchdog:
         config = self.config
         if request.method != "POST":
             return self._refuse(request, Response(405, headers={"Allow": "POST"}))
-        if config.service_token and not oscar.bearer_matches(
-                request.header("authorization"), config.service_token):
+        if config.check_token and not oscar.bearer_matches(
+                _text(request.header("authorization")), config.service_token):
             return self._refuse(request, Response.text(
                 401, "Missing or invalid service token.\n",
                 **{"WWW-Authenticate": 'Bearer realm="oscar"'}))
@@ -285,11 +300,13 @@ class Watchdog:
                 result = Result.text(500, "Gateway error: see the gateway's log.")
             return self._answer(request, result, time.perf_counter() - began)
         finally:
-            if result is not None and result.cleanup is not None:
-                result.cleanup()
-            self._requests -= 1
-            if not self._requests:
-                self._idle.set()
+            try:
+                if result is not None and result.cleanup is not None:
+                    result.cleanup()
+            finally:  # a failing cleanup must not leak the in-flight count (drain waits on it)
+                self._requests -= 1
+                if not self._requests:
+                    self._idle.set()
 
     def _answer(self, request: Request, result: Result, duration: float) -> Response:
         headers = result.headers
@@ -336,7 +353,8 @@ class Watchdog:
         if content_length is None:
             content_length = -1 if transfer_encoding else 0
         headers: Iterable[tuple[str, str]] = request.headers
-        if self.oscar is not None:  # the service token is the gateway's, not the script's
+        if self.oscar is not None and self.oscar.strips_credentials:
+            # Outside OSCAR's pod the service token is the gateway's, not the script's.
             headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         return cgi.function_environment(
             self.environ,
@@ -367,7 +385,8 @@ class Watchdog:
             return None
         if not request.awaits_continue:
             expect = (request.header("expect") or "").lower()
-            return self._refuse(request, Response.text(417, f"Unknown Expect: {expect}\n"))
+            # Echoed as ASCII: a value that is not UTF-8 would not encode.
+            return self._refuse(request, Response.text(417, f"Unknown Expect: {expect!a}\n"))
         request.send_continue()
         return None
 
@@ -385,22 +404,17 @@ class Watchdog:
             return Response(429)
         return Response.text(200, "OK")
 
-    async def _metrics(self, request: web.BaseRequest) -> web.Response:
-        response = web.Response(body=generate_latest(self.exposition))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
+    def _metrics(self, request: Request) -> Response:
+        """The metrics port: GET and HEAD /metrics, nothing else (not logged, not
+        counted: a scrape is not a function request)."""
+        if request.path != "/metrics":
+            return Response.text(404, "Not found: the metrics port serves /metrics.\n")
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, headers={"Allow": "GET, HEAD"})
+        return Response(200, [generate_latest(self.exposition)],
+                        {"Content-Type": CONTENT_TYPE_LATEST})
 
     # --- helpers ---------------------------------------------------------------------
-
-    async def _listen(self, runner: web.BaseRunner, host: str,
-                      port: int) -> tuple[str, int]:
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host or None, port, reuse_address=True, backlog=1024,
-                           reuse_port=self.worker is not None)
-        await site.start()
-        sockname = runner.addresses[-1]
-        return str(sockname[0]), int(sockname[1])
 
     async def _wait_unless_hurried(self, waiting: Coroutine[Any, Any, Any],
                                    within: float | None = None) -> bool:
@@ -420,6 +434,17 @@ class Watchdog:
         if not self.config.suppress_lock:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.config.lock_path)
+
+
+def _text(value: str | None) -> str | None:
+    """A header's value if it was UTF-8, else None (a header that cannot match)."""
+    if value is None:
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # surrogate escapes of bytes that were not UTF-8
+        return None
+    return value
 
 
 def _show(address: tuple[str, int]) -> str:
