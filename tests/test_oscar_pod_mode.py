@@ -341,3 +341,30 @@ def test_the_fdls_log_level_can_only_make_the_log_more_verbose(tmp_path: Path) -
     assert Config.from_env({**env, "LOG_LEVEL": "ERROR"}).log_level == "ERROR"
     (root / "oscar" / "config" / "function_config.yaml").write_text("log_level: CRITICAL\n")
     assert Config.from_env(env).log_level == "INFO"  # it kept logs out of answers: done
+
+
+async def test_a_large_document_that_may_be_an_event_is_not_parsed_but_handed_over(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    # json.loads holds the GIL wherever it runs: millions of small values in two
+    # containers (`{"httpMethod":…,"a":[0.5,…]}`) would stall every connection.
+    root = make_pod(tmp_path)
+    gw = gateway([], env=pod_env(root))
+    body = b'{"httpMethod":"POST","body":"","a":[' + b"0.5," * 100_000 + b'0.5]}'
+    status, text, headers = await post(gw, body)
+    assert status == 200, text
+    assert headers["X-Watchdog-Output"] == "supervisor"
+    seen = recorded(root)
+    assert seen is not None
+    assert seen[0] == body
+
+
+async def test_an_fdl_that_breaks_the_yaml_parser_costs_no_slot(gateway: StartGateway,
+                                                                tmp_path: Path) -> None:
+    # Nested deeper than PyYAML's recursion goes: unreadable, so handed over, and
+    # with OSCAR's max_inflight=1 the next call still finds its slot.
+    root = make_pod(tmp_path, fdl="a: " + "[" * 5000 + "]" * 5000 + "\n")
+    gw = gateway([], env=pod_env(root))
+    for _ in range(3):
+        status, text, headers = await post(gw, base64.b64encode(b"hi"))
+        assert status == 200, text
+        assert headers["X-Watchdog-Output"] == "supervisor"

@@ -123,3 +123,16 @@ async def test_output_that_cannot_be_stored_is_a_500_and_the_gateway_goes_on(
             500, b"Function output could not be stored under $TMPDIR; killed.\n")
         assert (await fetch("POST", url + "/?3", b""))[::2] == (200, b"1\n2\n3\n")
         assert (await fetch("GET", url + "/_/health"))[0] == 200
+
+
+async def test_without_a_file_for_it_output_is_held_in_memory(gateway: StartGateway,
+                                                               tmp_path: Path) -> None:
+    # $TMPDIR that does not exist (a scratch image without /tmp, or a read-only root
+    # with suppress_lock, as Go documents it): the answer is whole, from memory.
+    gw = gateway(NUMBERS, env={"TMPDIR": str(tmp_path / "missing"), "suppress_lock": "true"})
+    status, _, body = await fetch("POST", gw.url, b"")
+    assert (status, len(body)) == (200, len(EXPECTED))
+    assert body == EXPECTED
+    status, _, body = await fetch("POST", gw.url, b"")  # and again: no second warning
+    assert status == 200
+    assert gw.log_path.read_text().count("output is held in memory") == 1

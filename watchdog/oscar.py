@@ -77,10 +77,11 @@ class OscarInvoker:
 
     async def invoke(self, env: Mapping[str, str], body: Body, started: float) -> Result:
         executor = self._executor
+        # Before the slot is taken: nothing between admit() and the try below may fail.
+        fdl = self._service.fdl() if self._service is not None else oscar_pod.NO_FDL
         rejected = executor.admit()
         if rejected is not None:
             return rejected
-        fdl = self._service.fdl() if self._service is not None else oscar_pod.NO_FDL
         every_call = handover.reason_for_every_call(fdl)
         if self._supervisor and every_call:
             return await self._hand_over(env, body, started, every_call)
@@ -130,8 +131,11 @@ class OscarInvoker:
             raise
         if not started_script:
             slot.drop()
-        # The request's share: once the answer is sent (or cannot be).
-        result.cleanup = lambda: _each(finish.drop, workspace.release, slot.drop)
+        # The request's share: once the answer is sent (or cannot be); after the
+        # result's own (a spilled output's file).
+        own = result.cleanup
+        result.cleanup = lambda: _each(*(own,) if own else (), finish.drop,
+                                       workspace.release, slot.drop)
         return result
 
     async def _hand_over(self, env: Mapping[str, str], body: Body, started: float,

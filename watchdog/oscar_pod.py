@@ -132,6 +132,8 @@ def parse_fdl(text: str | bytes) -> Fdl:
         document: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return Fdl(error=f"not YAML: {exc}".splitlines()[0])
+    except (RecursionError, MemoryError, ValueError) as exc:  # a ConfigMap nested too deep
+        return Fdl(error=f"cannot be read: {type(exc).__name__}")
     if document is None:
         return NO_FDL
     if not isinstance(document, dict):

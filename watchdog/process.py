@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import select
 import shutil
@@ -35,6 +36,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+from watchdog.logs import FIELDS
+
+log = logging.getLogger("watchdog")
 
 # After the leader exits, how long a grandchild that still holds stdout may go on
 # writing before the response is sent without it and the group is swept.
@@ -106,6 +111,7 @@ class Spill:
         self.threshold = threshold
         self._folder = folder
         self._private: str | None = None
+        self._warned = False
 
     def open(self) -> int:
         try:
@@ -118,6 +124,21 @@ class Spill:
         fd, path = tempfile.mkstemp(dir=self._private)
         os.unlink(path)
         return fd
+
+    def open_or_none(self) -> int | None:
+        """`open()`, or None where no file can be made at all ($TMPDIR missing or
+        read-only, as with readOnlyRootFilesystem and suppress_lock, or out of
+        descriptors): the output is then held in memory up to max_output_bytes, as
+        before spilling, rather than a working function answered 500. Said once."""
+        try:
+            return self.open()
+        except OSError as exc:
+            if self._warned:
+                return None
+            self._warned = True
+            log.warning("output is held in memory: no file for it under $TMPDIR",
+                        extra={FIELDS: {"folder": self._folder, "error": exc.strerror}})
+            return None
 
     def close(self) -> None:
         """Remove the private folder, if one was made (its files had no names)."""
@@ -458,13 +479,18 @@ class FunctionProcess:
             if self._spilled is not None:
                 self._spilled.write(data)
             elif self._spill is not None and self._output_size > self._spill.threshold:
-                self._spilled = SpilledOutput(self._spill.open())
+                fd = self._spill.open_or_none()
+                if fd is None:  # no file to be had: held in memory, as before spilling
+                    self._spill = None
+                    self._output.append(data)
+                    return True
+                self._spilled = SpilledOutput(fd)
                 for held in (*self._output, data):
                     self._spilled.write(held)
                 self._output = []
             else:
                 self._output.append(data)
-        except OSError:  # no space, no descriptor: the answer cannot be whole
+        except OSError:  # no space once spilled: the answer cannot be whole
             self._output = []
             self._drop_spilled()
             self._close_stdout()
