@@ -32,6 +32,7 @@ from tests.oscarpod import (  # noqa: E402 - after the path, as a script
     build_supervisor,
     bundle_entries,
     rootfs,
+    seed_png,
     supervisor_entries,
     venv_fwatchdog,
 )
@@ -47,25 +48,6 @@ class Run:
     first_call: float
     latencies: list[float]
     cpu_per_call: float
-
-
-def seed_png() -> bytes:
-    # tests/test_oscar_pod.py's generator, without importing pytest
-    import struct
-    import zlib
-
-    width, height = 64, 48
-    rows = b"".join(b"\0" + bytes(v for x in range(width)
-                                  for v in (x * 4 % 256, y * 5 % 256, (x + y) % 256))
-                    for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
-                                                              8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
 
 
 def call(url: str, token: str, body: bytes) -> float:

@@ -15,13 +15,11 @@ import base64
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from tests.oscarpod import (
     gateway_bundle,
     minio_event,
     rootfs,
+    seed_png,
     supervisor_entries,
     venv_fwatchdog,
 )
@@ -64,21 +63,6 @@ SCRIPT = """\
 cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result.png"
 if [ -n "${Http_X_Dump_Env:-}" ]; then env > "$TMP_OUTPUT_DIR/env.txt"; fi
 """
-
-
-def png(width: int = 64, height: int = 48) -> bytes:
-    """A real PNG (8-bit RGB, a gradient), made with zlib."""
-    rows = b"".join(b"\0" + bytes(value for x in range(width)
-                                   for value in (x * 4 % 256, y * 5 % 256, (x + y) % 256))
-                    for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
 
 
 @dataclass
@@ -167,7 +151,7 @@ def pod(request: pytest.FixtureRequest, supervisor: None,
 def test_seed_curl_png_byte_identical(pod: Running, tmp_path: Path) -> None:
     """OSCAR's documented call, `base64 input.png | curl … | base64 -d > result.png`,
     through the manager, with a script that hands the image back."""
-    image = png()
+    image = seed_png()
     (tmp_path / "input.png").write_bytes(image)
     command = (f'base64 input.png | curl -s -X POST -H "Authorization: Bearer {pod.token}" '
                f'-d @- {pod.manager.url}/run/{SERVICE} | base64 -d > result.png')

@@ -8,9 +8,11 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from tests.oscarpod.pod import ROOT, S3_VENV, SUPERVISOR_DIR, TOOLS, Pod, end
@@ -184,3 +186,18 @@ def minio_event(bucket: str, key: str) -> dict[str, object]:
 
 def copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=True)
+
+
+def seed_png(width: int = 64, height: int = 48) -> bytes:
+    """The seed's input.png: a real PNG (8-bit RGB, a gradient), made with zlib."""
+    rows = b"".join(b"\0" + bytes(value for x in range(width)
+                                   for value in (x * 4 % 256, y * 5 % 256, (x + y) % 256))
+                    for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
