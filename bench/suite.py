@@ -5,6 +5,7 @@ in the same run, a table per section in bench/RESULTS.md and a plot.
     python bench/suite.py --quick          # a smoke run of every section (under a minute)
     python bench/suite.py --only echo,shed --runs 5
     python bench/suite.py --against /path/to/fwatchdog   # another watchdog, side by side
+                                             # (repeat --against for several)
 
 Sections:
   echo      `cat` per 100-byte POST, wrk -c16: the gateway (uvloop, asyncio, 2 workers,
@@ -19,6 +20,11 @@ Sections:
   memory    idle RSS, RSS growth over many requests, peak RSS while a large body
             streams to `wc -c`
   oscar     OSCAR mode's overhead over running a trivial script directly
+  footprint exec to the first 200 on /_/health, the first request against warm ones,
+            idle RSS, RSS growth over many requests, RSS per 1,000 idle connections:
+            the gateway from the venv and from the OSCAR bundle (`make oscar-bin`), and
+            each --against binary (the Go watchdogs: one at a time, their metrics port
+            8081 fixed)
 
 The load generator's CPU is reported beside each rate (in cores), so that a
 saturated generator is not mistaken for a saturated gateway.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import math
 import os
 import shutil
@@ -40,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import footprint as fp
 from bench import oscar
 from bench.common import (
     POST_100,
@@ -48,6 +56,7 @@ from bench.common import (
     Server,
     children_cpu,
     foreign_watchdog,
+    free_port,
     gateway,
     idle_since,
     machine_idle,
@@ -59,7 +68,7 @@ from bench.common import (
     wrk_with_cpu,
 )
 
-SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar")
+SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar", "footprint")
 LIMIT = 4
 # (loop, workers, function_nice, spawn_threads): the defaults first, then one
 # setting changed at a time.
@@ -111,9 +120,9 @@ class Suite:
                              WATCHDOG_LOG_LEVEL="INFO") as gw:
                     rows.setdefault(echo_name(loop, workers, nice, threads), []).append(
                         wrk_with_cpu(gw, self.seconds, 16, self.post))
-            if self.args.against:
-                with foreign_watchdog(self.args.against, self.folder, ["cat"]) as other:
-                    rows.setdefault(f"--against {self.args.against}", []).append(
+            for binary in self.args.against:
+                with foreign_watchdog(binary, self.folder, ["cat"]) as other:
+                    rows.setdefault(f"--against {binary}", []).append(
                         wrk_with_cpu(other, self.seconds, 16, self.post))
         medians = {name: median_rate(rates) for name, rates in rows.items()}
         ceiling = next(iter(medians.values())).rps if loop_binary is not None else math.nan
@@ -164,11 +173,10 @@ class Suite:
                              WATCHDOG_WORKERS=str(workers), write_timeout="180s") as gw:
                     rows.setdefault(f"fwatchdog, max_inflight={LIMIT} held, workers={workers} "
                                     "(log INFO)", []).append(self._shed(gw))
-            if self.args.against:
-                with foreign_watchdog(self.args.against, self.folder, ["sleep", "120"],
+            for binary in self.args.against:
+                with foreign_watchdog(binary, self.folder, ["sleep", "120"],
                                       max_inflight=str(LIMIT), write_timeout="180s") as other:
-                    rows.setdefault(f"--against {self.args.against}", []).append(
-                        self._shed(other))
+                    rows.setdefault(f"--against {binary}", []).append(self._shed(other))
         medians = {name: median_rate(rates) for name, rates in rows.items()}
         ceiling = next(iter(medians.values())).rps
         lines = [
@@ -353,7 +361,7 @@ class Suite:
         lines = [
             "| what | measured | target |",
             "|---|---:|---:|",
-            f"| idle RSS | {idle / 1024:.1f} MB | ≤ 45 MB |",
+            f"| idle RSS | {idle / 1024:.1f} MB | ≤ 25 MB |",
             f"| RSS growth over {done:,} requests (after 1 s of warm-up) | "
             f"{(after - before) / 1024:+.1f} MB | ≤ 5 MB |",
             f"| peak RSS while {body_mib} MiB stream to `wc -c` (before: {baseline / 1024:.1f} "
@@ -375,6 +383,147 @@ class Suite:
         table, _ = oscar.measure(rounds, requests, 1024)
         return table
 
+    # --- footprint ----------------------------------------------------------------------
+
+    def footprint(self) -> str:
+        """Rounds interleaved over the servers (each round starts each once: cold start,
+        first and warm requests, idle RSS, 1,000 idle connections); the RSS growth over
+        many requests once per server, after a warm-up."""
+        rounds = 3 if self.quick else max(5, self.runs)
+        requests_wanted = 2_000 if self.quick else 100_000
+        connections = 200 if self.quick else 1000
+        fp.allow_descriptors(connections)
+        servers = self._footprint_servers()
+        results = {name: fp.Footprint(note=note) for name, (_, _, note) in servers.items()}
+        for _ in range(rounds):
+            for name, (argv, go, _) in servers.items():
+                if argv:
+                    self._footprint_round(results[name], argv, go, connections)
+        for name, (argv, go, _) in servers.items():
+            if argv:
+                self._footprint_growth(results[name], argv, go, requests_wanted)
+        return _footprint_table(results, rounds, connections, requests_wanted)
+
+    def _footprint_servers(self) -> dict[str, tuple[list[str], bool, str]]:
+        """name -> (argv, a Go watchdog?, a note); an empty argv is a column not run."""
+        here = Path(sys.executable).parent
+        script = here / "fwatchdog"
+        venv = [str(script)] if script.exists() else [sys.executable, "-m", "watchdog"]
+        servers = {"fwatchdog (venv)": (venv, False, "")}
+        bundle = ROOT / "dist" / "oscar-bin" / "fwatchdog"
+        note = _bundle_staleness(bundle)
+        servers["fwatchdog (OSCAR bundle)"] = (
+            [str(bundle)] if bundle.exists() else [], False, note)
+        for binary in self.args.against:
+            servers[f"--against {binary}"] = ([binary], True, "")
+        return servers
+
+    def _footprint_start(self, result: fp.Footprint, go: bool
+                         ) -> tuple[int, dict[str, str]] | None:
+        """A port and the environment for one start; None (and a note) when a Go
+        watchdog cannot have its fixed metrics port."""
+        if go and not fp.wait_port_free(fp.GO_METRICS_PORT):
+            result.note = (f"port {fp.GO_METRICS_PORT}, which the Go watchdogs must have, "
+                           "stayed in use: some runs skipped (run the suite in its own "
+                           "network namespace: `unshare --net sh -c 'ip link set lo up; ...'`)")
+            return None
+        port = free_port()
+        env = fp.environ_for(port, free_port(), self.folder, ["cat"], go)
+        if not go:
+            env["PYTHONPATH"] = str(ROOT)  # the venv's `python -m watchdog`, if so started
+        return port, env
+
+    def _footprint_round(self, result: fp.Footprint, argv: list[str], go: bool,
+                         connections: int) -> None:
+        start = self._footprint_start(result, go)
+        if start is None:
+            return
+        port, env = start
+        with fp.started(argv, env, port, self.folder / "footprint.log",
+                               kill=go) as (proc, cold):
+            time.sleep(0.5)  # what it does just after it answers its first probe, done
+            result.cold_ms.append(cold)
+            result.idle_kib.append(fp.rss_kib(proc.pid))
+            first, warm = fp.first_and_warm(port)
+            result.first_ms.append(first)
+            result.warm_ms.append(warm)
+            result.per_1000_kib.append(
+                fp.idle_connections_kib(proc.pid, port, connections)
+                * 1000 / connections)
+
+    def _footprint_growth(self, result: fp.Footprint, argv: list[str], go: bool,
+                          requests_wanted: int) -> None:
+        start = self._footprint_start(result, go)
+        if start is None:
+            return
+        port, env = start
+        url = f"http://127.0.0.1:{port}/"
+        with fp.started(argv, env, port, self.folder / "footprint.log",
+                               kill=go) as (proc, _):
+            wrk(url, 1, 16, self.post)  # warm up: first allocations, caches
+            before = fp.rss_kib(proc.pid)
+            done = 0
+            while done < requests_wanted:
+                done += wrk(url, min(10.0, max(1.0, (requests_wanted - done) / 2000)), 16,
+                            self.post).requests
+            result.growth_kib.append(fp.rss_kib(proc.pid) - before)
+            result.requests = done
+
+
+def _bundle_staleness(bundle: Path) -> str:
+    """Why the bundle's column is missing or may not be the tree's code."""
+    if not bundle.exists():
+        return "not built: `make oscar-bin`"
+    spec = importlib.util.spec_from_file_location("bundle_build", ROOT / "bundle" / "build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)  # bundle/build.py: what the bundle is made of
+    stamp = bundle.parent / "fwatchdog.d" / "BUILD-ID"
+    if not stamp.exists() or stamp.read_text().strip() != str(build.inputs_digest()):
+        return "stale: built from other sources than the tree's (`make oscar-bin`)"
+    return ""
+
+
+def _footprint_table(results: dict[str, fp.Footprint], rounds: int, connections: int,
+                     requests_wanted: int) -> str:
+    med = fp.Footprint.median
+    names = list(results)
+    lines = [
+        f"Each server started {rounds} times, interleaved; medians. Function `cat`, 100-byte "
+        f"POSTs on new connections (first and warm), {connections} keep-alive connections "
+        f"idle after one answer each, wrk -c16 for about {requests_wanted:,} requests after a "
+        f"1 s warm-up (one run each). {os.cpu_count()} cores, load "
+        f"{os.getloadavg()[0]:.2f} at the end.",
+        "",
+        "| what | target | " + " | ".join(names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
+
+    def row(what: str, target: str, cells: list[str]) -> None:
+        lines.append(f"| {what} | {target} | " + " | ".join(cells) + " |")
+
+    def each(value: fp.Footprint, text: str) -> str:
+        return text if value.cold_ms else "–"
+
+    row("exec → first 200 on /_/health", "≤ 60 ms (venv), ≤ 100 ms (bundle)",
+        [each(r, f"{med(r.cold_ms):.0f} ms (min {min(r.cold_ms or [0]):.0f})")
+         for r in results.values()])
+    row("first request after start / warm one", "≤ 2×",
+        [each(r, f"{med(r.first_over_warm):.2f}× ({med(r.first_ms):.1f} / "
+              f"{med(r.warm_ms):.1f} ms)") for r in results.values()])
+    row("RSS idle after start", "≤ 25 MB",
+        [each(r, f"{med(r.idle_kib) / 1024:.1f} MB") for r in results.values()])
+    row("RSS growth over the requests", "≤ 5 MB",
+        [each(r, f"{med(r.growth_kib) / 1024:+.1f} MB ({r.requests:,})")
+         for r in results.values()])
+    row("RSS per 1,000 idle connections", "≤ 2 MB",
+        [each(r, f"{med(r.per_1000_kib) / 1024:.2f} MB") for r in results.values()])
+    notes = [f"{name}: {r.note}" for name, r in results.items() if r.note]
+    if notes:
+        lines += ["", *(f"({note})" for note in notes)]
+    return "\n".join(lines)
+
 
 def _function_time(server: Server) -> tuple[float, float]:
     """(count, total seconds) of watchdog_function_duration_seconds, from /metrics."""
@@ -390,7 +539,7 @@ def _function_time(server: Server) -> tuple[float, float]:
 
 TITLES = {"echo": "Echo throughput", "shed": "Shedding: 429 answers per second",
           "overload": "Overload sweep", "limit": "Choosing max_inflight", "memory": "Memory",
-          "oscar": "OSCAR mode overhead"}
+          "oscar": "OSCAR mode overhead", "footprint": "Footprint: cold start and memory"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"sections, comma-separated ({', '.join(SECTIONS)})")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--against", metavar="PATH", help="another watchdog binary")
+    parser.add_argument("--against", metavar="PATH", action="append", default=[],
+                        help="another watchdog binary (may be repeated)")
     parser.add_argument("--write", action="store_true",
                         help="write bench/RESULTS.md (implied unless --quick)")
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ folder, as any user:
                                    files below need (their ldd closure)
     fwatchdog.d/lib/python3.11/    the standard library, pruned, with lib-dynload/
                                    and site-packages/ (watchdog and its runtime
-                                   dependencies, sitecustomize.py), every .py
+                                   dependencies), every .py
                                    compiled ahead
     fwatchdog.d/BUILD-ID           hash of the inputs: an unchanged tree is not rebuilt
 
@@ -70,7 +70,8 @@ def inputs_digest() -> str:
     the versions of the installed dependencies."""
     h = hashlib.sha256()
     files = sorted([*(ROOT / "watchdog").glob("*.py"), ROOT / "watchdog" / "_spawn.c",
-                    *(ROOT / "bundle").glob("*.[cp]*"), ROOT / "pyproject.toml"])
+                    *(ROOT / "bundle").glob("*.[cp]*"), ROOT / "pyproject.toml",
+                    ROOT / "setup.py"])
     for f in files:
         h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(sys.version.encode())
@@ -146,13 +147,12 @@ def copy_distribution(name: str, site: Path) -> None:
 
 def copy_project(site: Path) -> None:
     """Our own package from the source tree, and `_spawn` compiled from its C source
-    here with the flags pyproject.toml gives setuptools, so the bundle never ships a
+    here with the flags setup.py gives setuptools, so the bundle never ships a
     stale extension left over in the tree."""
     pkg = site / "watchdog"
     pkg.mkdir(parents=True)
     for f in (ROOT / "watchdog").glob("*.py"):
         shutil.copy2(f, pkg / f.name)
-    shutil.copy2(ROOT / "bundle" / "sitecustomize.py", site / "sitecustomize.py")
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     cc = (sysconfig.get_config_var("CC") or "cc").split()
     subprocess.run([*cc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra",

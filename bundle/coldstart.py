@@ -4,6 +4,9 @@
     .venv/bin/python bundle/coldstart.py --host          # the bundle, no chroot
     .venv/bin/python bundle/coldstart.py --venv          # the venv's gateway, for scale
 
+(`python bench/suite.py --only footprint` measures both forms beside the Go watchdogs,
+with memory.)
+
 With --rootfs (bundle/rootfs.sh builds it) each start is a pod as tests/test_bundle.py
 makes one: own mount and PID namespace, chroot, uid 1000, the bundle read-only at
 /oscar/bin; the time includes unshare, the mounts and chroot (a few ms). The clock
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,16 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.footprint import wait_healthy  # noqa: E402 - as bench/suite.py's footprint
 from tests.test_bundle import POD  # noqa: E402 - the same pod as the tests'
-
-
-def healthy(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            return sock.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
 
 
 def once(argv: list[str], env: dict[str, str], port: int, in_namespace: bool) -> float:
@@ -42,13 +36,9 @@ def once(argv: list[str], env: dict[str, str], port: int, in_namespace: bool) ->
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while time.perf_counter() - start < 10:
-            if healthy(port):
-                return (time.perf_counter() - start) * 1000
-            if proc.poll() is not None:
-                raise SystemExit(f"exited {proc.returncode} before it was healthy")
-            time.sleep(0.002)
-        raise SystemExit("not healthy after 10 s")
+        return wait_healthy(proc, port, start)
+    except RuntimeError as exc:  # exited, or not healthy in time
+        raise SystemExit(str(exc)) from None
     finally:
         # unshare --fork ignores SIGTERM while it waits: signal the gateway itself
         target = proc.pid

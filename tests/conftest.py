@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -106,7 +106,7 @@ class Gateway:
     """One running gateway. Its functions inherit WATCHDOG_TEST_MARK, which is how
     `survivors()` finds every process it forked, grandchildren included."""
 
-    def __init__(self, command: list[str], env: dict[str, str], tmp: Path,
+    def __init__(self, command: list[str], env: Mapping[str, str | None], tmp: Path,
                  args: list[str] | None = None) -> None:
         self.mark = uuid.uuid4().hex
         self.tmp = tmp
@@ -120,8 +120,12 @@ class Gateway:
             "WATCHDOG_METRICS_PORT": "0",
             "healthcheck_interval": "0",  # tests may override with either name
             "PYTHONPATH": str(Path(__file__).parent.parent),
-            **env,
         }
+        for name, value in env.items():  # None: not set at all
+            if value is None:
+                full_env.pop(name, None)
+            else:
+                full_env[name] = value
         argv = [sys.executable, "-m", "watchdog", *(args or [])]
         if command:
             argv += ["--", *command]
@@ -219,7 +223,7 @@ def marked_processes(mark: str, exclude: int = -1) -> list[int]:
 
 
 class StartGateway(Protocol):
-    def __call__(self, command: list[str], env: dict[str, str] | None = None,
+    def __call__(self, command: list[str], env: Mapping[str, str | None] | None = None,
                  args: list[str] | None = None) -> Gateway: ...
 
 
@@ -229,7 +233,7 @@ def gateway(tmp_path: Path) -> Iterator[StartGateway]:
     test, which then fails if any function process survived."""
     started: list[Gateway] = []
 
-    def start(command: list[str], env: dict[str, str] | None = None,
+    def start(command: list[str], env: Mapping[str, str | None] | None = None,
               args: list[str] | None = None) -> Gateway:
         folder = tmp_path / f"gw{len(started)}"
         folder.mkdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_benchmark_suite_smoke() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for title in ("Echo throughput", "Shedding: 429 answers per second", "Overload sweep",
-                  "Memory", "OSCAR mode overhead"):
+                  "Memory", "OSCAR mode overhead", "Footprint: cold start and memory"):
         assert f"## {title}" in out, title
 
     def rate(name: str) -> float:
@@ -90,3 +91,63 @@ def test_probe_benchmark_smoke() -> None:
     rows = re.findall(r"^\| (\d+) \| ([\d.]+) \|", result.stdout, re.MULTILINE)
     assert [nice for nice, _ in rows] == ["0", "5"], result.stdout
     assert all(float(p50) > 0 for _, p50 in rows)
+
+
+def compare_go(*args: str) -> str:
+    """bench/compare_go.py with this gateway on both sides (so no Go is needed) and
+    both metrics listeners on a free port instead of Go's fixed 8081."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = str(sock.getsockname()[1])
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare_go.py"), "--metrics-port",
+         metrics_port, *args], capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_compare_go_smoke() -> None:
+    """The same gateway on both sides: every case the same, in the summary's format
+    (each setup run also compares its metrics, one case more)."""
+    out = compare_go("--go", "python -m watchdog", "--cases", "6")
+    assert out.splitlines()[-1] == "7 cases, 7 same, 0 different", out
+    assert "## Differences" not in out
+
+
+def test_compare_go_reports_a_difference() -> None:
+    """A side that answers otherwise (a forced Content-Type) shows up, grouped."""
+    out = compare_go("--go", "python -m watchdog --content-type text/x-other",
+                     "--only", "sniff/request Content-Type echoed")
+    assert out.splitlines()[-1] == "2 cases, 1 same, 1 different", out
+    assert re.search(r"^\| header content-type \| text/x-other \| application/x-custom "
+                     r"\| 1: sniff/request Content-Type echoed \|$", out, re.MULTILINE), out
+
+
+def test_footprint_section_smoke() -> None:
+    """--quick --only footprint: the gateway from the venv, and from the bundle when it
+    is built (else its column says so); every measured cell a number."""
+    need_wrk()
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "suite.py"), "--quick",
+                             "--only", "footprint"], capture_output=True, text=True,
+                            timeout=110, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "## Footprint: cold start and memory" in out
+    header = next(line for line in out.splitlines() if line.startswith("| what | target |"))
+    assert header.split(" | ")[2:4] == ["fwatchdog (venv)", "fwatchdog (OSCAR bundle) |"]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[2] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith(("| what", "|---"))}
+    assert list(rows) == ["exec → first 200 on /_/health", "first request after start / warm one",
+                          "RSS idle after start", "RSS growth over the requests",
+                          "RSS per 1,000 idle connections"]
+    cold = re.fullmatch(r"(\d+) ms \(min (\d+)\)", rows["exec → first 200 on /_/health"])
+    assert cold is not None, rows
+    assert 0 < int(cold.group(2)) <= int(cold.group(1)), rows
+    assert re.fullmatch(r"[\d.]+× \([\d.]+ / [\d.]+ ms\)",
+                        rows["first request after start / warm one"]), rows
+    idle = re.fullmatch(r"([\d.]+) MB", rows["RSS idle after start"])
+    assert idle is not None, rows
+    assert 5 < float(idle.group(1)) < 200, rows
+    assert re.fullmatch(r"[+-][\d.]+ MB \([\d,]+\)", rows["RSS growth over the requests"]), rows
+    assert re.fullmatch(r"[\d.]+ MB", rows["RSS per 1,000 idle connections"]), rows

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from watchdog.cli import go_flags, parse_args
 from watchdog.config import SETTINGS, settings_markdown
 
 ROOT = Path(__file__).parent.parent
@@ -26,10 +27,17 @@ def fwatchdog(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 @pytest.mark.parametrize(("env", "args", "named"), [
     ({"WATCHDOG_MAX_INFLIGHT": "abc", "fprocess": "cat"}, [], "WATCHDOG_MAX_INFLIGHT='abc'"),
     ({"WATCHDOG_MAX_INFLIGHT": "-1", "fprocess": "cat"}, [], "WATCHDOG_MAX_INFLIGHT='-1'"),
-    ({"exec_timeout": "soon", "fprocess": "cat"}, [], "exec_timeout='soon'"),
+    ({"exec_timeout": "soon", "fprocess": "cat", "WATCHDOG_STRICT_CONFIG": "true"}, [],
+     "exec_timeout='soon'"),
+    ({"max_inflight": "abc", "fprocess": "cat"}, ["--strict-config", "yes"],
+     "max_inflight='abc'"),
+    ({"port": "70000", "fprocess": "cat"}, [], "port='70000'"),
     ({"fprocess": ""}, [], "fprocess=''"),
     ({}, [], "no function to run"),
     ({}, ["--max-inflight", "x", "--", "cat"], "--max-inflight='x'"),
+    ({}, ["-max-inflight", "x", "--", "cat"], "--max-inflight='x'"),  # Go's spelling
+    ({}, ["-exec-timeout", "-5s", "--", "cat"], "--exec-timeout='-5s'"),  # as Go, a value
+    ({}, ["-version=maybe"], "-version='maybe': expected a boolean"),
     ({}, ["--"], "-- must be followed by a command"),
 ])
 def test_bad_settings_stop_startup_with_status_2_and_one_line(
@@ -51,6 +59,35 @@ def test_help_lists_every_setting_with_its_variables_and_default() -> None:
         assert "Variables: " + ", ".join(setting.variables) in text
 
 
+def test_help_says_which_words_a_boolean_takes() -> None:
+    text = " ".join(fwatchdog("--help").stdout.split())
+    assert "Accepts true/false, 1/0, yes/no or on/off (any case)." in text
+    assert "true or false" not in text
+
+
+@pytest.mark.parametrize(("argv", "spelled", "switches"), [
+    (["-port", "8080", "-write-debug=true"], ["--port=8080", "--write-debug=true"], {}),
+    (["--port", "-1", "-h"], ["--port=-1", "-h"], {}),
+    (["-help"], ["--help"], {}),
+    (["--version"], ["--version"], {}),  # ours: argparse's, on stdout
+    (["-version"], [], {"version": True}),
+    (["--version=false", "-run-healthcheck"], [], {"version": False,
+                                                    "run-healthcheck": True}),
+    (["-run-healthcheck=F", "--run-healthcheck=yes"], [], {"run-healthcheck": True}),
+    (["-port", "--", "cat", "-version"], ["--port", "--", "cat", "-version"], {}),
+    (["-fprocess", "env A=b", "-max-in", "2"], ["--fprocess=env A=b", "-max-in", "2"], {}),
+])
+def test_flags_are_read_as_gos_flag_package_reads_them(
+        argv: list[str], spelled: list[str], switches: dict[str, bool]) -> None:
+    assert go_flags(argv) == (spelled, switches)
+
+
+def test_single_dash_flags_set_the_same_settings() -> None:
+    config = parse_args(go_flags(["-max-inflight", "3", "-exec-timeout=2s", "--", "cat"])[0],
+                        {})
+    assert (config.max_inflight, config.exec_timeout, config.fprocess) == (3, 2, ("cat",))
+
+
 def test_readme_settings_table_is_the_generated_one() -> None:
     readme = (ROOT / "README.md").read_text()
     assert settings_markdown() in readme, (
@@ -66,10 +103,13 @@ def test_console_script_is_installed() -> None:
     assert result.stdout.startswith("fwatchdog ")
 
 
-def test_healthcheck_follows_the_lock_file(tmp_path: Path) -> None:
-    assert fwatchdog("healthcheck", env={"TMPDIR": str(tmp_path)}).returncode == 1
+@pytest.mark.parametrize("spelling", ["healthcheck", "-run-healthcheck"])
+def test_healthcheck_follows_the_lock_file(tmp_path: Path, spelling: str) -> None:
+    missing = fwatchdog(spelling, env={"TMPDIR": str(tmp_path)})
+    assert (missing.returncode, missing.stderr) == (1, "unable to find lock file.\n")
     (tmp_path / ".lock").touch()
-    assert fwatchdog("healthcheck", env={"TMPDIR": str(tmp_path)}).returncode == 0
+    found = fwatchdog(spelling, env={"TMPDIR": str(tmp_path)})
+    assert (found.returncode, found.stdout, found.stderr) == (0, "", "")
 
 
 def test_port_in_use_stops_startup_with_status_1_and_a_reason(tmp_path: Path) -> None:
@@ -91,3 +131,22 @@ def test_unwritable_lock_folder_stops_startup_with_status_1(tmp_path: Path) -> N
                        "--", "cat", env={"TMPDIR": str(tmp_path / "missing")})
     assert result.returncode == 1
     assert "No such file or directory" in result.stderr
+
+
+def test_the_fprocess_check_finds_what_shutil_which_finds(tmp_path: Path) -> None:
+    """The start's "fprocess not found" check, written without shutil (see cli._runnable)."""
+    from watchdog.cli import _runnable
+
+    script = tmp_path / "fn"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    plain = tmp_path / "data"
+    plain.write_text("")
+    programs = ["cat", "sh", "no-such-program", "/bin/sh", "/bin", str(script), str(plain),
+                "fn", "data"]
+    paths = [os.defpath, "", f"/nonexistent:{tmp_path}", f":{tmp_path}", str(tmp_path)]
+    for program in programs:
+        for path in paths:
+            assert _runnable(program, path) == (
+                shutil.which(program, path=path) is not None), (program, path)
+        assert _runnable(program, None) == (shutil.which(program, path=os.defpath) is not None)

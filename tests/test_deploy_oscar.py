@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,16 +127,59 @@ def test_install_again_changes_nothing(shell: list[str], tmp_path: Path) -> None
     assert snapshot(volume) == first
 
 
-def test_upgrade_swaps_the_folder_keeps_the_previous_and_drops_older(
+def test_upgrade_swaps_the_folder_and_keeps_earlier_ones_until_pruned(
         shell: list[str], tmp_path: Path) -> None:
+    """A pod started from any earlier install may still load from its folder: they
+    all stay until `prune`, which keeps only the current one."""
     volume = make_volume(tmp_path / "vol")
     for build_id in ("aaaa", "bbbb", "cccc"):
         run(shell, volume, make_bundle(tmp_path / build_id, build_id))
     assert os.readlink(volume / "fwatchdog.d") == "fwatchdog.d.cccc"
     assert sorted(p.name for p in volume.glob("fwatchdog.d.*")) == [
-        "fwatchdog.d.bbbb", "fwatchdog.d.cccc"]
+        "fwatchdog.d.aaaa", "fwatchdog.d.bbbb", "fwatchdog.d.cccc"]
     assert b"cccc" in (volume / "fwatchdog").read_bytes()
     assert (volume / "fwatchdog.go").read_bytes() == GO  # never a bundle's launcher
+    result = run(shell, volume, None, "prune")
+    assert "removed 2 earlier bundle folder(s); kept fwatchdog.d.cccc" in result.stdout
+    assert [p.name for p in volume.glob("fwatchdog.d.*")] == ["fwatchdog.d.cccc"]
+    assert (volume / "fwatchdog.d" / "lib" / "module.py").read_text() == "ID = 'cccc'\n"
+
+
+def test_installs_at_once_take_turns(shell: list[str], tmp_path: Path) -> None:
+    """Two Jobs at once (a re-applied Job, a second cluster admin): each waits for the
+    other's lock, and what is left is one whole install, never a mix."""
+    volume = make_volume(tmp_path / "vol")
+    bundles = [make_bundle(tmp_path / f"b{i}", f"id{i}") for i in range(6)]
+    env = {"TARGET": str(volume), "LC_ALL": "C",
+           "PATH": str(Path(shell[0]).parent) if shell[0] != "/bin/sh"
+           else os.environ.get("PATH", "/usr/bin:/bin")}
+    runs = [subprocess.Popen([*shell, str(SCRIPT)], env={**env, "BUNDLE": str(bundle)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for bundle in bundles]
+    outputs = [proc.communicate(timeout=120)[0] for proc in runs]
+    assert [proc.returncode for proc in runs] == [0] * len(runs), outputs
+    current = os.readlink(volume / "fwatchdog.d")
+    build_id = current.removeprefix("fwatchdog.d.")
+    assert (volume / "fwatchdog").read_bytes() == (tmp_path / f"b{build_id[2:]}" /
+                                                   "fwatchdog").read_bytes()
+    assert (volume / "fwatchdog.go").read_bytes() == GO
+    assert not list(volume.glob(".fwatchdog-tmp*"))
+    assert not (volume / ".fwatchdog-lock").exists()
+
+
+def test_a_stale_lock_is_broken(shell: list[str], tmp_path: Path) -> None:
+    """A run killed while it held the lock: the next breaks it once it is older than
+    LOCK_STALE minutes, and says so."""
+    volume = make_volume(tmp_path / "vol")
+    lock = volume / ".fwatchdog-lock"
+    lock.mkdir()
+    (lock / "owner").write_text("fwatchdog-install-x pid 1\n")
+    old = time.time() - 11 * 60
+    os.utime(lock, (old, old))
+    result = run(shell, volume, make_bundle(tmp_path / "bundle", "aaaa"))
+    assert "breaking a lock older than 10 minutes (fwatchdog-install-x pid 1)" in result.stdout
+    assert "installed aaaa" in result.stdout
+    assert not lock.exists()
 
 
 def test_a_new_go_watchdog_from_oscars_downloader_is_the_one_kept(

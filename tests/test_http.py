@@ -41,12 +41,14 @@ async def test_pipelined_requests_are_answered_in_order(gateway: StartGateway) -
         (b"HTTP/1.1 200 OK", b"OK")]
 
 
-async def test_http_1_0_is_answered_and_closed(gateway: StartGateway) -> None:
+async def test_http_1_0_is_answered_in_1_0_and_closed(gateway: StartGateway) -> None:
+    """As Go: an HTTP/1.0 status line, and no Connection field (closing is 1.0's
+    default); the connection closes after the answer."""
     gw = gateway(["cat"])
     answer = await asyncio.to_thread(
         raw, gw, b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")  # returns at close
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"\r\nConnection: close\r\n" in answer
+    assert answer.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert b"\r\nConnection:" not in answer
     assert answer.endswith(b"\r\n\r\nhello")
 
 
@@ -230,6 +232,8 @@ async def test_chunked_trailers_are_not_headers(gateway: StartGateway) -> None:
 
 
 async def test_an_endless_header_is_cut_at_the_head_limit(gateway: StartGateway) -> None:
+    """A field may be as long as the head's bound (1 MiB and 4 KiB, as Go), not more:
+    4 MiB of it are refused at the bound, and the gateway holds no more than that."""
     gw = gateway(["cat"])
     before = rss_kib(gw)
 
@@ -284,13 +288,24 @@ async def test_marshal_request_body_has_the_read_timeout(gateway: StartGateway) 
     assert waited < 5
 
 
-async def test_head_health_and_no_upload_invited_for_a_refusal(gateway: StartGateway) -> None:
+async def test_head_ready_and_no_upload_invited_for_a_refusal(gateway: StartGateway) -> None:
     gw = gateway(["cat"])
+    # /_/ready: /_/health is GET only, as the Go watchdog's (tests/test_compat_go.py).
     answer = await asyncio.to_thread(
-        raw, gw, b"HEAD /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw, gw, b"HEAD /_/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert answer.endswith(b"\r\n\r\n")  # no body for HEAD
     refused = await asyncio.to_thread(
         raw, gw, b"TRACE / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
                  b"Expect: 100-continue\r\n\r\n")
     assert refused.startswith(b"HTTP/1.1 405 ")  # no "100 Continue" first
+
+
+@pytest.mark.parametrize("seconds", [0, 951782400, 1796181134, 4102444799, 2**31 - 1])
+def test_date_header_is_written_as_email_utils_writes_it(seconds: int) -> None:
+    """The Date header without importing email (a leap day, the epoch, 2099's last second)."""
+    from email.utils import formatdate
+
+    from watchdog.http import http_date
+
+    assert http_date(seconds) == formatdate(seconds, usegmt=True).encode()

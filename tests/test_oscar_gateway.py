@@ -261,3 +261,45 @@ async def test_large_input_and_output_stream_through(gateway: StartGateway) -> N
     assert int(headers["Content-Length"]) == len(body) == 4 * ((len(data) + 2) // 3)
     assert base64.b64decode(body, validate=True) == data
     assert leftovers(gw) == []
+
+
+def test_workspace_removal_is_off_the_loop_and_holds_the_slot(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    """A script that leaves 30,000 files: its workspace takes a while to remove. The
+    gateway answers its health check meanwhile (the removal is not on the event
+    loop), and keeps the call's slot until the folder is gone (max_inflight=1: 429
+    while it is removed, then 200), so a pod whose removals lag takes no more calls."""
+    script = tmp_path / "many.sh"
+    script.write_text('cd "$TMP_INPUT_DIR" && mkdir many && cd many && '
+                      'seq 1 30000 | xargs touch && echo done\n')
+    gw = gateway([], env={
+        "WATCHDOG_MODE": "oscar", "fprocess": f"/bin/sh {script}",
+        "OSCAR_SERVICE_NAME": "svc", "OSCAR_SERVICE_TOKEN": TOKEN, "max_inflight": "1",
+    })
+
+    async def scenario() -> list[tuple[int, bool]]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{gw.url}/run/svc", data=b"", headers=auth()) as r:
+                assert r.status == 200, await r.text()
+                assert b"done" in await r.read()
+            seen = []  # (status of a call, was a workspace still there after it)
+            deadline = time.monotonic() + 60  # a bound, not a measure
+            while time.monotonic() < deadline:
+                async with session.get(f"{gw.url}/_/health") as health:
+                    assert health.status == 200
+                async with session.post(f"{gw.url}/run/svc", data=b"",
+                                        headers=auth()) as call:
+                    await call.read()
+                    present = any(p.name.startswith("oscar-") for p in gw.tmp.iterdir())
+                    seen.append((call.status, present))
+                    if call.status == 200:
+                        break
+                await asyncio.sleep(0.005)
+            return seen
+
+    seen = asyncio.run(scenario())
+    # Answered while the folder was still being removed, refused for the slot...
+    assert (429, True) in seen, seen
+    # ...and served once it was gone.
+    assert seen[-1][0] == 200, seen
+    assert leftovers(gw) == [".lock"] or leftovers(gw) == []

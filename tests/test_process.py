@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_state, wait_dead
-from watchdog.process import EpollReadiness, OrphanReaper, SpawnError, Spill, spawn
+from tests.conftest import alive, process_state, wait_dead
+from watchdog.process import (
+    EpollReadiness,
+    Exit,
+    OrphanReaper,
+    SpawnError,
+    Spill,
+    signal_text,
+    spawn,
+)
 
 SH = "/bin/sh"
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -50,7 +58,38 @@ async def test_exit_code_and_signal() -> None:
     assert (exit.code, exit.status_label, exit.describe()) == (7, "7", "exit status 7")
     exit = await run([SH, "-c", "kill -KILL $$"]).wait()
     assert (exit.code, exit.signal, exit.status_label) == (None, signal.SIGKILL, "SIGKILL")
-    assert exit.describe() == "signal: killed (SIGKILL)"
+    assert exit.describe() == "signal: killed"  # the Go watchdog's words, nothing after
+
+
+def test_signals_are_named_as_go_names_them() -> None:
+    # Go's own table (syscall.Signal's String on Linux), not this libc's strsignal:
+    # its first letter only in lower case, and real-time signals by number.
+    assert [signal_text(s) for s in (1, 2, 6, 9, 11, 13, 15)] == [
+        "hangup", "interrupt", "aborted", "killed", "segmentation fault", "broken pipe",
+        "terminated"]
+    assert signal_text(signal.SIGXCPU) == "CPU time limit exceeded"
+    assert signal_text(signal.SIGIO) == "I/O possible"
+    assert signal_text(signal.SIGRTMIN) == f"signal {int(signal.SIGRTMIN)}"
+    assert signal_text(signal.SIGRTMAX) == f"signal {int(signal.SIGRTMAX)}"
+    dumped = Exit(code=None, signal=signal.SIGSEGV, output=[], output_size=0,
+                  overflowed=False, stopped_for=None, duration=0.0, core_dumped=True)
+    assert dumped.describe() == "signal: segmentation fault (core dumped)"
+    assert dumped.status_label == "SIGSEGV"  # the metric's label keeps the name
+
+
+async def test_a_core_dump_is_said_as_go_says_it(tmp_path: Path) -> None:
+    # Whether the kernel dumps depends on the machine (a core_pattern pipe to a
+    # collector dumps even with `ulimit -c 0`): with a plain pattern, it dumps only
+    # with a limit, in the folder the shell moved to.
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text()
+    if pattern.startswith("|"):
+        pytest.skip(f"core_pattern is a pipe ({pattern.strip()}): dumps are not ours to set")
+    exit = await run([SH, "-c", f"cd {tmp_path} && ulimit -c 0 && kill -SEGV $$"]).wait()
+    assert (exit.core_dumped, exit.describe()) == (False, "signal: segmentation fault")
+    exit = await run([SH, "-c", f"cd {tmp_path} && ulimit -c unlimited && kill -SEGV $$"]).wait()
+    if not exit.core_dumped:
+        pytest.skip("the kernel wrote no core here (a limit or a read-only pattern folder)")
+    assert exit.describe() == "signal: segmentation fault (core dumped)"
 
 
 async def test_spawn_error_names_the_command() -> None:
@@ -115,6 +154,88 @@ async def test_stray_holding_stdout_is_cut_off_after_a_short_grace() -> None:
     exit = await run([SH, "-c", "sleep 30 & echo out"]).wait()
     assert time.monotonic() - started < 1.5
     assert b"".join(exit.output) == b"out\n"
+
+
+async def test_left_background_runs_on_and_is_reaped_as_an_orphan(tmp_path: Path) -> None:
+    """leave_background (WATCHDOG_BACKGROUND=leave): what the function leaves in its
+    group at its exit runs on, comes back to the subreaper, and is reaped there."""
+    live: set[int] = set()
+    reaper = OrphanReaper(lambda pid: pid in live)
+    reaper.start()
+    try:
+        command = "sleep 30 >/dev/null 2>&1 & echo $!"
+        killed = int(b"".join((await run([SH, "-c", command]).wait()).output))
+        assert wait_dead(killed, 5)  # the default: swept at the function's exit
+        proc = run([SH, "-c", command], leave_background=True)
+        exit = await proc.wait()
+        left = int(b"".join(exit.output))
+        assert exit.ok
+        assert process_state(proc.pid) is None  # the function itself: reaped
+        assert alive(left)  # its background: running on
+        stat = Path(f"/proc/{left}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[1]) == os.getpid()  # an orphan of ours now
+        os.kill(left, signal.SIGTERM)  # it ends (here: is ended) on its own...
+        deadline = time.monotonic() + 5
+        while process_state(left) not in ("Z", None):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        reaper.sweep()  # ...and the sweep reaps it: no zombie stays
+        assert process_state(left) is None
+    finally:
+        await reaper.stop()
+
+
+async def test_left_background_holding_stdout_ends_the_function_at_its_output_end(
+        tmp_path: Path) -> None:
+    """As Go's Wait for the pipe: the function's end is its output's, so what a
+    background process writes after the leader's exit is in the answer; stopped
+    before that end, the whole group ends and the reason is the stop's."""
+    script = f"(while [ ! -e {tmp_path}/go ]; do sleep 0.01; done; echo late) & echo early"
+    proc = run([SH, "-c", script], leave_background=True)
+    deadline = time.monotonic() + 5
+    while process_state(proc.pid) != "Z":  # the leader has exited...
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert not proc.finished  # ...and the function has not ended: stdout is held
+    (tmp_path / "go").touch()
+    exit = await proc.wait()
+    assert (b"".join(exit.output), exit.ok) == (b"early\nlate\n", True)
+
+    proc = run([SH, "-c", f"sleep 30 & echo $! > {tmp_path}/bg"], leave_background=True)
+    while process_state(proc.pid) != "Z" or not (tmp_path / "bg").read_text().strip():
+        assert time.monotonic() < deadline + 5
+        await asyncio.sleep(0.01)
+    holder = int((tmp_path / "bg").read_text())
+    proc.stop("exec_timeout")  # as the executor's deadline does
+    exit = await proc.wait()
+    assert exit.stopped_for == "exec_timeout"
+    assert wait_dead(holder, 5)
+
+
+async def test_orphans_left_at_shutdown_get_sigterm_before_sigkill(tmp_path: Path) -> None:
+    live: set[int] = set()
+    reaper = OrphanReaper(lambda pid: pid in live)
+    reaper.start()
+    script = (f"sh -c 'trap \"echo term > {tmp_path}/t; exit 0\" TERM; "
+              f"echo $$ > {tmp_path}/bg; sleep 30 & wait' >/dev/null 2>&1 &")
+    try:
+        await run([SH, "-c", script], leave_background=True).wait()
+        deadline = time.monotonic() + 5
+        while not (tmp_path / "bg").exists() or not (tmp_path / "bg").read_text().strip():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        left = int((tmp_path / "bg").read_text())
+    finally:
+        await reaper.stop(grace=5.0)
+    assert (tmp_path / "t").read_text() == "term\n"  # it could finish up
+    assert process_state(left) is None  # and it, and the sleep it left, were reaped
+    assert [pid for pid in children_of_ours() if process_state(pid) != "Z"] == []
+
+
+def children_of_ours() -> list[int]:
+    from watchdog.process import children
+
+    return children()
 
 
 async def test_no_descriptor_is_left_open() -> None:

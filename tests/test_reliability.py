@@ -56,9 +56,9 @@ def raw(gw: Gateway, data: bytes, timeout: float = 5.0) -> bytes:
 
 
 @pytest.mark.parametrize(("command", "said"), [
-    ("kill -KILL $$", b"signal: killed (SIGKILL)"),
-    ("kill -SEGV $$", b"signal: segmentation fault (SIGSEGV)"),
-    ("kill -ABRT $$", b"signal: aborted (SIGABRT)"),
+    ("kill -KILL $$", b"signal: killed\n"),
+    ("kill -SEGV $$", b"signal: segmentation fault"),
+    ("kill -ABRT $$", b"signal: aborted"),
 ])
 async def test_function_dies_by_signal(gateway: StartGateway, command: str, said: bytes) -> None:
     gw = gateway([SH, "-c", command])
@@ -281,11 +281,12 @@ async def test_client_disconnects_mid_response(gateway: StartGateway) -> None:
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GARBAGE\r\n\r\n", b"400"),
-    # Heads over the limits: 431, as Go's net/http answers them.
-    (b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", b"431"),
+    # Heads over Go's bound (1 MiB and 4 KiB), in a field, in fields, in the target:
+    # 431, as Go's net/http answers them (a field, a target, a count alone: no bound).
+    (b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2**20 + 4096) + b"\r\n\r\n", b"431"),
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-     + b"".join(b"X-H%d: v\r\n" % i for i in range(5000)) + b"\r\nhi", b"431"),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"431"),
+     + b"".join(b"X-%06d: v\r\n" % i for i in range(90_000)) + b"\r\nhi", b"431"),
+    (b"GET /" + b"a" * (2**20 + 4096) + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"431"),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\n\r\n",
      b"400"),
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -603,9 +604,23 @@ static PyTypeObject SpawnerType = {
     .tp_methods = Spawner_methods,
 };
 
+/* prctl(PR_SET_CHILD_SUBREAPER): orphans of the functions come back to the gateway to
+ * be reaped. Here because the other way, ctypes, was 3% of the gateway's start. */
+static PyObject *set_child_subreaper(PyObject *module, PyObject *unused) {
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_child_subreaper", set_child_subreaper, METH_NOARGS,
+     "Make this process the subreaper of its descendants (Linux)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_spawn", "posix_spawn off the event loop, on C threads.", -1,
-    NULL,
+    module_methods,
 };
 
 PyMODINIT_FUNC PyInit__spawn(void) {

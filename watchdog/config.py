@@ -127,9 +127,21 @@ def parse_text(text: str) -> str:
 
 
 def parse_command(text: str) -> tuple[str, ...]:
-    # Like the Go watchdog: split on spaces, no shell, no quoting.
+    # Our own names (WATCHDOG_FPROCESS, --fprocess): split on runs of whitespace,
+    # no shell, no quoting.
     argv = tuple(text.split())
     if not argv:
+        raise _Invalid
+    return argv
+
+
+def parse_go_command(text: str) -> tuple[str, ...]:
+    """The OpenFaaS `fprocess` as the Go watchdog splits it: on each single space, so
+    that a pod gets the arguments it got there (`a  b` is `a`, ``, `b`; a tab is
+    part of an argument). A program name that is empty (a leading space, or
+    spaces only) never ran there either (`exec: no command`): refused."""
+    argv = tuple(text.split(" "))
+    if not argv[0]:
         raise _Invalid
     return argv
 
@@ -167,6 +179,8 @@ MODES = ("auto", "classic", "oscar")
 # Where OSCAR mounts a service's script, and how its FaaS Supervisor runs it.
 OSCAR_SCRIPT = oscar_pod.script_command("/")
 CHECKS = ("auto", "true", "false")
+HANGUPS = ("stop", "finish")
+BACKGROUNDS = ("kill", "leave")
 
 
 def parse_loop(text: str) -> str:
@@ -184,6 +198,14 @@ def parse_check(text: str) -> str:
     if word in _FALSE:
         return "false"
     return _choice(word, CHECKS)
+
+
+def parse_hangup(text: str) -> str:
+    return _choice(text, HANGUPS)
+
+
+def parse_background(text: str) -> str:
+    return _choice(text, BACKGROUNDS)
 
 
 def parse_root(text: str) -> str:
@@ -213,6 +235,77 @@ def parse_name(text: str) -> str:
     return name
 
 
+# --- the Go watchdog's readings of its lower-case variables ------------------------
+# Used only for a value the parser above refuses, in a variable the Go classic
+# watchdog reads: a configuration that ran on Go must start here as it started there
+# (not crash-loop the pod), unless WATCHDOG_STRICT_CONFIG is set. Each returns what Go
+# uses, None for Go's fallback (the setting's default), or raises _Invalid where Go
+# does not serve either.
+
+_GO_INT = re.compile(r"[+-]?[0-9]+")
+_GO_INT_RANGE = range(-(2**63), 2**63)  # Go's int on 64-bit platforms
+_GO_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6,
+          "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_GO_TERM = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
+
+
+def _go_atoi(text: str) -> int | None:
+    """strconv.Atoi: an optional sign and ASCII digits, within int64; no spaces."""
+    if not _GO_INT.fullmatch(text) or int(text) not in _GO_INT_RANGE:
+        return None
+    return int(text)
+
+
+def _go_parse_duration(text: str) -> float | None:
+    """time.ParseDuration, in seconds: `[-+]?([0-9]*(\\.[0-9]*)?unit)+`, or 0."""
+    sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text.removeprefix("+"))
+    if body == "0":
+        return 0.0
+    pos, total_ns = 0, 0
+    while pos < len(body) or pos == 0:
+        match = _GO_TERM.match(body, pos)
+        assert match is not None  # every group may be empty
+        whole, fraction, unit = match.groups()
+        if not (whole or fraction) or unit not in _GO_NS:
+            return None  # no digits, a missing unit or one Go does not know
+        total_ns += int(whole or "0") * _GO_NS[unit]
+        if fraction:
+            total_ns += int(int(fraction) * _GO_NS[unit] / 10 ** len(fraction))
+        if total_ns > 2**63 - (sign > 0):
+            return None  # overflows Go's Duration
+        pos = match.end()
+    return sign * total_ns / 1e9
+
+
+def go_duration(text: str) -> float | None:
+    """parseIntOrDurationValue: a whole number >= 0 is seconds (a negative one is not,
+    and is no duration either), else a Go duration. A negative duration is Go's no
+    limit (net/http and the exec timer test `> 0`), which is 0 here."""
+    number = _go_atoi(text)
+    if number is not None and number >= 0:
+        return float(number)
+    seconds = _go_parse_duration(text)
+    return None if seconds is None else max(seconds, 0.0)
+
+
+def go_count(text: str) -> int | None:
+    """parseIntValue: a whole number >= 0 (a sign allowed), else the fallback."""
+    number = _go_atoi(text)
+    return number if number is not None and number >= 0 else None
+
+
+def go_port(text: str) -> int | None:
+    port = go_count(text)
+    if port is not None and port > 65535:
+        raise _Invalid  # Go reads it, then cannot listen: it does not serve either
+    return port
+
+
+def go_bool(text: str) -> bool:
+    """parseBoolValue: true is exactly `true`; any other word is false."""
+    return text == "true"
+
+
 # --- the table ------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -225,6 +318,9 @@ class Setting:
     meaning: str
     fallback: str = ""  # for a default taken from another setting, its field name
     secret: bool = False  # its value is never shown, not even in an error
+    # How the Go watchdog reads the last variable (its own lower-case name), for a
+    # value `parse` refuses; None: the name is strict (the Go watchdog has no such).
+    go: Callable[[str], Any] | None = None
 
     @property
     def flag(self) -> str:
@@ -233,7 +329,7 @@ class Setting:
 
 DURATION = "whole seconds or a Go duration such as 30s, 1m30s or 500ms"
 COUNT = "a whole number >= 0"
-BOOL = "true or false"
+BOOL = "true/false, 1/0, yes/no or on/off (any case)"
 SIZE = "a whole number of bytes, optionally with a unit: 512k, 10Mi, 1Gi"
 
 SETTINGS: tuple[Setting, ...] = (
@@ -243,11 +339,14 @@ SETTINGS: tuple[Setting, ...] = (
             "(input file, output files back as base64); auto: oscar in OSCAR's own pod "
             "(fprocess is OSCAR's supervisor and /oscar/config is mounted), else classic"),
     Setting("fprocess", ("WATCHDOG_FPROCESS", "fprocess"), None, parse_command,
-            "a command line (split on spaces, no shell), or CMD ARGS... after --",
+            "a command line, no shell (WATCHDOG_FPROCESS, --fprocess: split on runs of "
+            "whitespace; fprocess: on each space, as the Go watchdog), or CMD ARGS... "
+            "after --",
             "the command forked for each request (required, except in oscar mode: "
             + " ".join(OSCAR_SCRIPT) + ")"),
     Setting("port", ("WATCHDOG_PORT", "port"), "8080", parse_port,
-            "a port number 0-65535 (0: any free port)", "port for function requests"),
+            "a port number 0-65535 (0: any free port)", "port for function requests",
+            go=go_port),
     Setting("bind_address", ("WATCHDOG_BIND_ADDRESS",), "", parse_address,
             "an IP address or host name; empty for all interfaces",
             "address to listen on (empty: all interfaces, like fwatchdog)"),
@@ -257,16 +356,18 @@ SETTINGS: tuple[Setting, ...] = (
             "an IP address or host name; empty for all interfaces",
             "address for the metrics listener", fallback="bind_address"),
     Setting("read_timeout", ("WATCHDOG_READ_TIMEOUT", "read_timeout"), "30s", parse_duration,
-            DURATION, "longest time to receive a request body (0: no limit); then 408"),
+            DURATION, "longest time to receive a request body (0: no limit); then 408",
+            go=go_duration),
     Setting("write_timeout", ("WATCHDOG_WRITE_TIMEOUT", "write_timeout"), "30s", parse_duration,
             DURATION,
             "longest time from request to response (0: no limit); then 504, group killed; "
-            "also the drain deadline on shutdown"),
+            "also the drain deadline on shutdown", go=go_duration),
     Setting("exec_timeout", ("WATCHDOG_EXEC_TIMEOUT", "exec_timeout"), "0", parse_duration,
-            DURATION, "kill the function's process group after this long (0: never); then 408"),
+            DURATION, "kill the function's process group after this long (0: never); then 408",
+            go=go_duration),
     Setting("max_inflight", ("WATCHDOG_MAX_INFLIGHT", "max_inflight"), "0", parse_count,
             COUNT + " (0: no limit)",
-            "most functions running at once; more requests get 429 at once"),
+            "most functions running at once; more requests get 429 at once", go=go_count),
     Setting("max_connections", ("WATCHDOG_MAX_CONNECTIONS",), "0", parse_count,
             COUNT + " (0: from RLIMIT_NOFILE)",
             "most client connections open at once, per worker; at the cap the longest "
@@ -275,21 +376,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("healthcheck_interval", ("WATCHDOG_HEALTHCHECK_INTERVAL", "healthcheck_interval"),
             None, parse_duration, DURATION,
             "on SIGTERM, time to keep serving while reporting unhealthy, before the drain",
-            fallback="write_timeout"),
+            fallback="write_timeout", go=go_duration),
     Setting("write_debug", ("WATCHDOG_WRITE_DEBUG", "write_debug"), "false", parse_bool, BOOL,
-            "copy each function's output to the log"),
+            "copy each function's output to the log", go=go_bool),
     Setting("combine_output", ("WATCHDOG_COMBINE_OUTPUT", "combine_output"), "true", parse_bool,
             BOOL, "send the function's stderr in the response with its stdout "
-            "(false: stderr goes to the log)"),
+            "(false: stderr goes to the log)", go=go_bool),
     Setting("content_type", ("WATCHDOG_CONTENT_TYPE", "content_type"), "", parse_text,
-            "a media type", "Content-Type of responses (empty: echo the request's)"),
+            "a media type",
+            "Content-Type of 200 responses (empty: the request's, else sniffed as Go)"),
     Setting("marshal_request", ("WATCHDOG_MARSHAL_REQUEST", "marshal_request"), "false",
             parse_bool, BOOL,
-            'stdin is {"header":{...},"body":{"raw":"<base64>"}} instead of the raw body'),
+            'stdin is {"header":{...},"body":{"raw":"<base64>"}} instead of the raw body',
+            go=go_bool),
     Setting("cgi_headers", ("WATCHDOG_CGI_HEADERS", "cgi_headers"), "true", parse_bool, BOOL,
-            "pass request headers to the function as Http_* variables"),
+            "pass request headers to the function as Http_* variables", go=go_bool),
     Setting("suppress_lock", ("WATCHDOG_SUPPRESS_LOCK", "suppress_lock"), "false", parse_bool,
-            BOOL, "do not write the lock file $TMPDIR/.lock (health then follows shutdown only)"),
+            BOOL, "do not write the lock file $TMPDIR/.lock (health then follows shutdown only)",
+            go=go_bool),
+    Setting("strict_config", ("WATCHDOG_STRICT_CONFIG",), "false", parse_bool, BOOL,
+            "a bad value of an OpenFaaS variable stops start-up, as a bad WATCHDOG_* "
+            "value does (false: it is read as the Go watchdog reads it, its default "
+            "mostly, with a warning)"),
     Setting("max_body_bytes", ("WATCHDOG_MAX_BODY_BYTES",), "0", parse_size,
             SIZE + " (0: no limit)",
             "largest request body; more gets 413 (before any fork when Content-Length says so)"),
@@ -302,6 +410,19 @@ SETTINGS: tuple[Setting, ...] = (
             "of memory, and is sent from there"),
     Setting("kill_grace", ("WATCHDOG_KILL_GRACE",), "2s", parse_duration, DURATION,
             "time between SIGTERM and SIGKILL when a function's group is stopped"),
+    Setting("on_hangup", ("WATCHDOG_ON_HANGUP",), "stop", parse_hangup,
+            "one of " + ", ".join(HANGUPS),
+            "when a client hangs up while its function runs: stop (its group is ended; "
+            "counted as 499) or finish (it runs to its end and is counted with its "
+            "status, as with the Go watchdog); a body cut off by the hang-up stops it "
+            "either way"),
+    Setting("background", ("WATCHDOG_BACKGROUND",), "kill", parse_background,
+            "one of " + ", ".join(BACKGROUNDS),
+            "what a function leaves running in its group when it exits (`cmd &`): kill "
+            "(the group is swept at its exit) or leave (it runs on, as with the Go "
+            "watchdog: the answer waits until stdout is closed by all, so redirect "
+            "what should not hold it; its slot is given back then; timeouts still end "
+            "the whole group; ended at shutdown, SIGTERM then SIGKILL after kill_grace)"),
     Setting("function_nice", ("WATCHDOG_FUNCTION_NICE",), "5", parse_nice,
             "an integer from 0 to 19",
             "how much nicer than the gateway its functions run (added to its nice value), "
@@ -347,6 +468,17 @@ SETTINGS_BY_FIELD = {setting.field: setting for setting in SETTINGS}
 
 
 @dataclass(frozen=True)
+class LegacyValue:
+    """`variable=value` was refused by the table's form and read as the Go watchdog
+    reads it: `used` instead."""
+
+    variable: str
+    value: str
+    used: str
+    accepted: str
+
+
+@dataclass(frozen=True)
 class Config:
     mode: str
     fprocess: tuple[str, ...]
@@ -366,10 +498,13 @@ class Config:
     marshal_request: bool
     cgi_headers: bool
     suppress_lock: bool
+    strict_config: bool
     max_body_bytes: int
     max_output_bytes: int
     spill_output_bytes: int
     kill_grace: float
+    on_hangup: str
+    background: str
     function_nice: int
     service_name: str
     service_token: str = field(repr=False)  # a secret: never in logs or reprs
@@ -389,6 +524,9 @@ class Config:
     supervisor: tuple[str, ...] = ()
     oscar_defaults: bool = False  # the script and FDL are the pod's (SCRIPT applies)
     check_token: bool = False
+    # Bad values of the Go watchdog's own variables, read as it reads them (not
+    # under strict_config): the CLI warns of each once, at start.
+    legacy_values: tuple[LegacyValue, ...] = ()
 
     @classmethod
     def from_env(
@@ -404,6 +542,8 @@ class Config:
         flags = flags or {}
         values: dict[str, Any] = {}
         defaulted: set[str] = set()
+        strict = _strict(environ, flags)
+        legacy: list[tuple[Setting, str, str]] = []  # (setting, value, how Go read it)
         for setting in SETTINGS:
             source, raw = _lookup(setting, environ, flags)
             if setting.field == "fprocess" and command:
@@ -415,12 +555,11 @@ class Config:
                 source, raw = "default", setting.default
                 defaulted.add(setting.field)
             try:
-                values[setting.field] = setting.parse(raw)
+                values[setting.field] = _parser(setting, source)(raw)
             except _Invalid:
-                if setting.secret:
-                    raise ConfigError(source, "", setting.accepted,
-                                      f"{source}=(hidden): expected {setting.accepted}") from None
-                raise ConfigError(source, raw, setting.accepted) from None
+                if strict or setting.go is None or source != setting.variables[-1]:
+                    raise _config_error(setting, source, raw) from None
+                legacy.append((setting, raw, _read_as_go(setting, source, raw, values)))
         root = values["oscar_root"]
         choice = oscar_pod.choose_mode(values["mode"], values.get("fprocess"), root)
         derived: dict[str, Any] = {"mode_reason": choice.reason, "oscar_pod": choice.pod,
@@ -450,6 +589,10 @@ class Config:
         for setting in SETTINGS:
             if setting.field not in values:
                 values[setting.field] = values[setting.fallback]
+        derived["legacy_values"] = tuple(
+            LegacyValue(setting.variables[-1], raw, _shown(values[setting.field]) + how,
+                        setting.accepted)
+            for setting, raw, how in legacy)
         if values["workers"] > 1:
             for field in ("port", "metrics_port"):
                 if values[field] == 0:
@@ -458,6 +601,57 @@ class Config:
                                       f"{name}={values['workers']}: several workers need "
                                       f"a fixed {field}, not 0")
         return cls(**values, lock_path=lock_path(environ), **derived)
+
+
+def _config_error(setting: Setting, source: str, raw: str) -> ConfigError:
+    if setting.secret:
+        return ConfigError(source, "", setting.accepted,
+                           f"{source}=(hidden): expected {setting.accepted}")
+    return ConfigError(source, raw, setting.accepted)
+
+
+def _strict(environ: Mapping[str, str], flags: Mapping[str, str]) -> bool:
+    setting = SETTINGS_BY_FIELD["strict_config"]
+    source, raw = _lookup(setting, environ, flags)
+    try:
+        return bool(setting.parse(raw or setting.default or ""))
+    except _Invalid:
+        raise _config_error(setting, source, raw or "") from None
+
+
+def _read_as_go(setting: Setting, source: str, raw: str, values: dict[str, Any]) -> str:
+    """Put the Go watchdog's reading of `raw` in `values` (left out: its fallback,
+    filled later); how it was read, for the warning. ConfigError where Go does not
+    serve either."""
+    assert setting.go is not None
+    try:
+        used = setting.go(raw)
+    except _Invalid:
+        raise _config_error(setting, source, raw) from None
+    if used is not None:
+        values[setting.field] = used
+        return ""
+    if setting.default is None:
+        return f" (= {setting.fallback})"
+    values[setting.field] = setting.parse(setting.default)
+    return " (the default)"
+
+
+def _shown(value: Any) -> str:
+    """A value as a user would write it: durations (floats) in seconds with a unit."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}s"
+    return str(value)
+
+
+def _parser(setting: Setting, source: str) -> Callable[[str], Any]:
+    """The table's parser, but for the OpenFaaS `fprocess`, which is split as the Go
+    watchdog splits it (our own names keep the table's rule)."""
+    if setting.field == "fprocess" and source == setting.variables[-1]:
+        return parse_go_command
+    return setting.parse
 
 
 def _lookup(setting: Setting, environ: Mapping[str, str],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from watchdog.config import Config
@@ -47,6 +47,8 @@ class Result:
     content_length: int | None = None
     # Called by whoever sends the answer, once it is sent (or cannot be).
     cleanup: Callable[[], None] | None = None
+    # A streamed body's first bytes, up to the size asked, read without the rest.
+    peek: Callable[[int], bytes] | None = None
 
     @classmethod
     def text(cls, status: int, message: str, **headers: str) -> Result:
@@ -63,7 +65,20 @@ class Result:
             return cls(status, [prefix, *exit.output] if prefix else exit.output,
                        headers or {}, exit)
         return cls(status, [], headers or {}, exit, stream=lambda: spilled.chunks(prefix),
-                   content_length=len(prefix) + spilled.size, cleanup=spilled.close)
+                   content_length=len(prefix) + spilled.size, cleanup=spilled.close,
+                   peek=lambda size: (prefix + spilled.head(size))[:size])
+
+    def head(self, size: int) -> bytes:
+        """The body's first `size` bytes (fewer if it is shorter), at a cost bounded
+        by `size`; of a streamed body that cannot be peeked at, none."""
+        if self.stream is not None:
+            return self.peek(size) if self.peek is not None else b""
+        head = bytearray()
+        for piece in self.body:
+            head += piece[:size - len(head)]
+            if len(head) >= size:
+                break
+        return bytes(head)
 
 
 class Executor:
@@ -96,7 +111,7 @@ class Executor:
         self.stop_all("shutdown")
         await self.launcher.settle()  # starts under way come in, and are stopped
         await self.wait_all()
-        await self.reaper.stop()
+        await self.reaper.stop(self._config.kill_grace)
         self.launcher.close()
         if self._spill is not None:
             self._spill.close()
@@ -149,7 +164,26 @@ class Executor:
         after `on_gone`, once its own work on the output is done too. The body is
         bytes when it has all arrived, chunks while it arrives; without one, stdin
         is empty (an empty body). `argv` and `combine_output` replace fprocess and
-        the setting (OSCAR mode: the pod's script, the hand-over to the supervisor)."""
+        the setting (OSCAR mode: the pod's script, the hand-over to the supervisor).
+        With on_hangup=finish, a hang-up (the caller cancelled) does not stop it:
+        the caller waits for it all the same and gets its Result."""
+        work = self._run(env, body, started, on_gone, keep_slot, argv=argv,
+                         combine_output=combine_output)
+        if self._config.on_hangup == "finish":
+            return await _to_the_end(work)
+        return await work
+
+    async def _run(
+        self,
+        env: Mapping[str, str],
+        body: Body | None,
+        started: float,
+        on_gone: Callable[[], None] | None,
+        keep_slot: bool,
+        *,
+        argv: Sequence[str] | None,
+        combine_output: bool | None,
+    ) -> Result:
         config = self._config
         if body is None:
             body = b""
@@ -164,7 +198,8 @@ class Executor:
                 max_output=config.max_output_bytes, kill_grace=config.kill_grace,
                 nice=self._nice,
                 orphaned=lambda proc: self._orphaned(proc, on_gone, keep_slot),
-                body=body if isinstance(body, bytes) else None, spill=self._spill)
+                body=body if isinstance(body, bytes) else None, spill=self._spill,
+                leave_background=config.background == "leave")
         except SpawnError as exc:
             self._give_back(on_gone, keep_slot)
             log.error("cannot start function: %s", exc.strerror)
@@ -226,7 +261,7 @@ class Executor:
         if key != self._reject_key:  # changes rarely while saturated
             self._reject_key = key
             self._reject_headers = {
-                "Content-Type": "text/plain; charset=utf-8",
+                "Content-Type": "text/plain",  # as faas-middleware's limiter, exactly
                 "X-OpenFaaS-Internal": "faas-middleware",
                 "Retry-After": str(key[0]),
                 "X-Watchdog-Inflight": str(key[1]),
@@ -295,8 +330,8 @@ class Executor:
             status, message = STOPS[exit.stopped_for]
             return Result.text(status, message)
         if exit.code != 0:
-            return Result.output(500, exit, (exit.describe() + "\n").encode(),
-                                 {"Content-Type": "text/plain; charset=utf-8"})
+            # Untyped: the HTTP layer sniffs it, as Go's net/http does the original's.
+            return Result.output(500, exit, (exit.describe() + "\n").encode())
         return Result.output(200, exit)
 
     def _too_large(self) -> Result:
@@ -325,6 +360,35 @@ def as_chunks(body: Body) -> AsyncIterator[bytes]:
 
 async def _one(payload: bytes) -> AsyncIterator[bytes]:
     yield payload
+
+
+async def _to_the_end(work: Coroutine[object, object, Result]) -> Result:
+    """`work`'s Result, even when the caller is cancelled meanwhile (its client hung
+    up): the function runs to its end, as the Go watchdog lets it, and is answered
+    and counted as if the client were there. The work is a task of its own, which
+    the cancellation does not reach. The caller stays cancelled when the work failed
+    after it (a body cut off by the hang-up: nobody to tell), and a second
+    cancellation (not a hang-up: the gateway itself going down) ends the work too."""
+    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    hung_up = False
+    try:
+        await asyncio.wait((task,))
+    except asyncio.CancelledError:
+        if current is None or task.done():
+            if task.done() and not task.cancelled():
+                task.exception()  # seen: nobody is left to be told of it
+            raise
+        current.uncancel()
+        hung_up = True
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+    if hung_up and (task.cancelled() or task.exception() is not None):
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def _end(ended: asyncio.Future[str | None], reason: str | None) -> None:

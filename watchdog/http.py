@@ -11,9 +11,10 @@ machinery cost more than the rest of the gateway's Python together (bench/RESULT
 has the profile), and importing it was half of the gateway's cold start. This is
 what the gateway needs of HTTP and no more: keep-alive and pipelining answered in
 order, Content-Length and chunked bodies with backpressure, `Expect: 100-continue`,
-bounded heads and trailers, strict framing (RFC 9112), idle and head deadlines, a cap
-on connections that sheds the longest idle, and a drain that closes idle connections,
-lets answers in progress finish and answers 503 to the requests pipelined behind them.
+idle and head deadlines, a cap on connections that sheds the longest idle, and a
+drain that closes idle connections, lets answers in progress finish and answers 503
+to the requests pipelined behind them. How a request's bytes are framed (bounded
+heads and trailers, strict RFC 9112, Go's request line) is watchdog/framing.py's.
 """
 
 from __future__ import annotations
@@ -27,23 +28,13 @@ import resource
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from email.utils import formatdate
-from typing import Any, NoReturn, cast
-from urllib.parse import unquote
+from typing import Any, cast
 
-import httptools
-
+from watchdog.framing import FramingError, Head, RequestFramer
 from watchdog.logs import FIELDS
 
 log = logging.getLogger("watchdog")
 
-# A head's limits (aiohttp's defaults, and the 16 KiB field the gateway always had).
-MAX_LINE = 8190
-MAX_FIELD = 16384
-MAX_HEADERS = 128
-# All of a head, however it is split (Go's MaxHeaderBytes): llhttp gathers a field
-# before the per-field check can see it.
-MAX_HEAD = 2**20
 # A body's unread bytes above which the connection stops reading, and below which
 # it reads again: what a slow function can make the gateway hold per request.
 BODY_HIGH_WATER = 256 * 1024
@@ -52,27 +43,35 @@ BODY_LOW_WATER = 64 * 1024
 WRITE_AT_ONCE = 256 * 1024
 # After an answer sent before the request's body has all come (a 413, a 429), the
 # rest is read and dropped if at most this much is left (the connection then serves
-# the next request, as Go's net/http does), else the connection closes...
+# the next request, as Go's net/http does), else the connection closes; after a
+# refused head, at most this much more is read and dropped before it closes...
 DROP_AT_MOST = 256 * 1024
 # ...after reading and dropping for this long at most, so that the client reads the
 # answer instead of a reset. Also how long a closing connection may take to flush.
 LINGER = 5.0
-# A line of a head or of a chunked body's trailer section: a field with its name, or
-# the request line. httptools joins a field's pieces by copying the part it holds,
-# so a field is bounded while it grows, before it is whole.
-MAX_LINE_BYTES = MAX_FIELD + 64
 # Descriptors kept for what is not a client connection: listeners, the log, the
 # metrics port, health probes, and each running function's pipes and pidfd.
 RESERVED_DESCRIPTORS = 64
 DESCRIPTORS_PER_FUNCTION = 4
 # How often at most a line says that connections were refused at the cap.
 CAP_LOG_INTERVAL = 10.0
-# The codings llhttp refuses before the head is complete: no other than a final
-# `chunked` is implemented (501, as Go's net/http), unlike a malformed head (400).
-_UNSUPPORTED_CODING = ("Invalid `Transfer-Encoding` header value",
-                       "Request has invalid `Transfer-Encoding`")
 
 _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+# An HTTP date's names, in English whatever the locale (RFC 9110's IMF-fixdate).
+_DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+           b"Nov", b"Dec")
+
+
+def http_date(seconds: float) -> bytes:
+    """`Wed, 02 Dec 2026 03:13:02 GMT`, as email.utils.formatdate(usegmt=True) writes
+    it: without the email and datetime packages, a sixth of the gateway's imports."""
+    t = time.gmtime(seconds)
+    return b"%s, %02d %s %d %02d:%02d:%02d GMT" % (
+        _DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min,
+        t.tm_sec)
 
 
 def default_max_connections(max_inflight: int) -> int:
@@ -208,35 +207,26 @@ class Body:
 
 
 class Request:
-    __slots__ = ("_connection", "_fields", "body", "chunked", "content_length", "continued",
-                 "headers", "keep_alive", "method", "path", "query", "version")
+    """`path` (percent-decoded) and `query` (raw) as Go's r.URL.Path and RawQuery;
+    bytes that are not UTF-8 in either, and in header values, as surrogate escapes
+    (back to the same bytes with `surrogateescape`)."""
 
-    def __init__(self, connection: Connection, method: str, target: bytes, version: str,
-                 headers: list[tuple[str, str]], keep_alive: bool) -> None:
+    __slots__ = ("_connection", "_fields", "_target_host", "body", "chunked", "content_length",
+                 "continued", "headers", "keep_alive", "method", "path", "query", "version")
+
+    def __init__(self, connection: Connection, head: Head) -> None:
         self._connection = connection
-        self.method = method
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        if not target.startswith(b"/") and b"://" in target[:8]:
-            # The absolute form (`GET http://host/path`), as proxies send it.
-            try:
-                url = httptools.parse_url(target)
-            except httptools.HttpParserInvalidURLError:
-                connection.refuse(400, "malformed request target")
-            target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
-        path, _, query = target.partition(b"?")
-        self.path = path.decode("utf-8", "surrogateescape")
-        if "%" in self.path:
-            self.path = unquote(self.path, errors="surrogateescape")
-        self.query = query.partition(b"#")[0].decode("utf-8", "surrogateescape")
-        fields: dict[str, str] = {}
-        for name, value in headers:
-            fields.setdefault(name.lower(), value)
-        self._fields = fields
-        length = fields.get("content-length")
-        self.content_length = int(length) if length is not None else None
-        self.chunked = "transfer-encoding" in fields  # llhttp allows it with no length
+        self.method = head.method
+        self.path = head.path
+        self.query = head.query
+        self._target_host = head.host
+        self.version = head.version
+        self.headers = headers = head.headers
+        self.keep_alive = head.keep_alive
+        # The first value of each name, as Go's Header.Get.
+        self._fields = {name.lower(): value for name, value in reversed(headers)}
+        self.content_length = head.content_length
+        self.chunked = head.chunked
         self.body = Body(connection)
         self.continued = False  # a 100 Continue was sent
 
@@ -246,12 +236,17 @@ class Request:
 
     @property
     def host(self) -> str:
+        """An absolute-form target's host, else the Host header (RFC 9112 3.2.2, Go)."""
+        if self._target_host is not None:
+            return self._target_host
         return self._fields.get("host", "")
 
     def send_continue(self) -> None:
-        """`100 Continue`: invite the body a client holds back for it."""
+        """`100 Continue`: invite the body a client holds back for it (none for a
+        request without one, as Go)."""
         self.continued = True
-        self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.content_length or self.chunked:
+            self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     @property
     def awaits_continue(self) -> bool:
@@ -260,22 +255,29 @@ class Request:
             self._fields.get("expect", "").lower() == "100-continue")
 
 
+# Every connection's pipelined requests until it has one (a deque is 760 bytes, a third
+# of an idle connection): empty and never appended to (maxlen 0 drops what it is given).
+_NO_QUEUE: collections.deque[Request] = collections.deque(maxlen=0)
+
+
 class Connection(asyncio.Protocol):
     """One client connection: requests are answered one at a time, in order."""
+
+    # Without a __dict__: an idle connection is mostly this object (RSS per 1,000
+    # idle connections is a footprint target, bench/suite.py --only footprint).
+    __slots__ = ("_active", "_answered", "_broken", "_closing", "_deadline", "_discarding",
+                 "_drained", "_draining", "_dropping", "_framer", "_parsing", "_queue",
+                 "_reading", "_server", "_task", "_transport", "_write_paused", "loop")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self.loop = server.loop
-        self._parser = httptools.HttpRequestParser(self)
+        self._framer = RequestFramer(self)
         self._transport: asyncio.Transport | None = None
-        self._target = b""
-        self._headers: list[tuple[str, str]] = []
-        self._refusal: tuple[int, str] | None = None  # why a head is refused
-        self._head_bytes = 0  # received since the last complete head
         self._parsing: Request | None = None  # its message is still arriving
         self._active: Request | None = None  # being answered
         self._answered = False  # the active request's answer has been written
-        self._queue: collections.deque[Request] = collections.deque()  # pipelined
+        self._queue: collections.deque[Request] = _NO_QUEUE  # pipelined, made on the first
         self._task: asyncio.Task[Any] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._closing = False  # close once the active request is done
@@ -285,11 +287,7 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._draining = False  # the gateway is shutting down: requests queued get 503
         self._discarding = False  # answered and closing: what comes is not parsed
-        self._line = 0  # bytes of the head's or the trailer section's current line
-        self._chunk_open = False  # a chunk's size line came, none of its data yet
-        self._trailing = False  # in a chunked body's trailer section
-        self._trailer_bytes = 0
-        self._trailer_fields = 0
+        self._dropping = 0  # refused: bytes still read (and dropped) before closing
 
     # --- transport events -------------------------------------------------------------
 
@@ -321,60 +319,17 @@ class Connection(asyncio.Protocol):
         if self._discarding:
             self._discard(data)
             return
-        if self._parsing is None:  # in a head, or between requests
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD:
-                self._bad_request(431, f"request head longer than {MAX_HEAD} bytes")
-                return
-            if self._grow_line(data):
-                self._bad_request(431, f"header field longer than {MAX_FIELD} bytes")
-                return
-        elif self._trailing and self._count_trailer(data):
+        if self._dropping:
+            self._dropping -= len(data)
+            if self._dropping <= 0 and self._transport is not None:
+                self._transport.close()
             return
-        # A whole piece after a chunk's size line without data is the trailer section.
-        open_before = self._chunk_open
+        if self._broken:
+            return  # refused: what was already on its way
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # No other protocol is spoken here: answer what came, then close.
-            self._closing = True
-            if self._parsing is not None:
-                self.on_message_complete()
-        except httptools.HttpParserError as exc:
-            reason = str(exc) or type(exc).__name__
-            status = 501 if reason.startswith(_UNSUPPORTED_CODING) else 400
-            self._bad_request(*(self._refusal or (status, reason)))
-        else:
-            if open_before and self._chunk_open and not self._trailing:
-                self._trailing = True
-                self._line = 0
-                self._count_trailer(data)  # what it already holds counts too
-
-    def _grow_line(self, data: bytes) -> bool:
-        """Follow the current line of a head or trailer section; True when it is
-        longer than MAX_LINE_BYTES. Only its first line is surely not a body's."""
-        end = data.find(b"\n")
-        if end < 0:
-            self._line += len(data)
-            return self._line > MAX_LINE_BYTES
-        if self._line + end > MAX_LINE_BYTES:
-            return True
-        self._line = len(data) - data.rfind(b"\n") - 1
-        return False
-
-    def _count_trailer(self, data: bytes) -> bool:
-        """Bound a trailer section as a head is; True when refused."""
-        self._trailer_bytes += len(data)
-        self._trailer_fields += data.count(b"\n")
-        if self._trailer_bytes > MAX_HEAD:
-            self._bad_request(431, f"trailer section longer than {MAX_HEAD} bytes")
-        elif self._trailer_fields > MAX_HEADERS + 1:  # and the empty line
-            self._bad_request(431, f"more than {MAX_HEADERS} trailer fields")
-        elif self._grow_line(data):
-            self._bad_request(431, f"trailer field longer than {MAX_FIELD} bytes")
-        else:
-            return False
-        return True
+            self._framer.feed(data)
+        except FramingError as error:
+            self._bad_request(error.status, error.reason)
 
     def _discard(self, data: bytes) -> None:
         """After an answer that closes, sent before the body has come: the body is
@@ -410,77 +365,26 @@ class Connection(asyncio.Protocol):
         else:
             self.update_reading()
 
-    # --- parser callbacks -------------------------------------------------------------
+    # --- the framer's callbacks -------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._target = b""
-        self._headers = []
-        self._trailing = self._chunk_open = False
-        self._trailer_bytes = self._trailer_fields = 0
-
-    def on_chunk_header(self) -> None:
-        self._chunk_open = True
-
-    def on_chunk_complete(self) -> None:
-        self._chunk_open = self._trailing = False
-
-    def on_url(self, url: bytes) -> None:
-        self._target += url
-        if len(self._target) > MAX_LINE:
-            self.refuse(431, f"request target longer than {MAX_LINE} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._parsing is not None:
-            # A chunked body's trailer: not a header of the request, but bounded as one.
-            if len(name) + len(value) > MAX_FIELD:
-                self.refuse(431, f"trailer field longer than {MAX_FIELD} bytes")
-            return
-        if len(name) + len(value) > MAX_FIELD:
-            self.refuse(431, f"header field longer than {MAX_FIELD} bytes")
-        if len(self._headers) >= MAX_HEADERS:
-            self.refuse(431, f"more than {MAX_HEADERS} header fields")
-        self._headers.append((name.decode("latin-1"),
-                              value.decode("utf-8", "surrogateescape")))
-
-    def on_headers_complete(self) -> None:
-        self._head_bytes = self._line = 0
+    def on_head(self, head: Head) -> None:
         if self._closing and not (self._draining and self._active is not None):
             return  # after an answer that closes: nothing more is served
-        parser = self._parser
-        version = parser.get_http_version()
-        keep_alive = parser.should_keep_alive()
-        hosts = 0
-        codings: list[str] | None = None
-        for name, value in self._headers:
-            if len(name) == 4 and name.lower() == "host":
-                hosts += 1
-            elif len(name) == 17 and name.lower() == "transfer-encoding":
-                codings = (codings or []) + [
-                    coding.strip().lower() for coding in value.split(",") if coding.strip()]
-        # RFC 9112 3.2, as Go's net/http: one Host, required in HTTP/1.1.
-        if hosts > 1:
-            self.refuse(400, "more than one Host header")
-        if not hosts and version == "1.1":
-            self.refuse(400, "HTTP/1.1 request without a Host header")
-        if codings is not None:
-            if codings != ["chunked"]:
-                self.refuse(501, "Transfer-Encoding other than chunked: "
-                            + ", ".join(codings or ["(empty)"]))
-            if version == "1.0":
-                keep_alive = False  # RFC 9112 6.1: the framing cannot be trusted after
-        request = Request(self, parser.get_method().decode("ascii", "replace"), self._target,
-                          version, self._headers, keep_alive)
+        if head.upgrade:
+            self._closing = True  # no other protocol is spoken here: answer, then close
+        request = Request(self, head)
         self._parsing = request
         if not request.content_length and not request.chunked:
             request.body.finish()  # no body: complete now, so that an answer needs no wait
         if self._active is None:
             self._start(request)
         else:
+            if self._queue is _NO_QUEUE:
+                self._queue = collections.deque()
             self._queue.append(request)
             self.update_reading()
 
     def on_body(self, chunk: bytes) -> None:
-        self._chunk_open = False
         request = self._parsing
         if request is not None:
             request.body.feed(chunk)
@@ -488,8 +392,6 @@ class Connection(asyncio.Protocol):
                 self.update_reading()
 
     def on_message_complete(self) -> None:
-        self._trailing = self._chunk_open = False
-        self._line = 0
         request, self._parsing = self._parsing, None
         if request is None:
             return
@@ -498,11 +400,6 @@ class Connection(asyncio.Protocol):
             self._next()
 
     # --- answering ------------------------------------------------------------------
-
-    def refuse(self, status: int, reason: str) -> NoReturn:
-        """From a parser callback: the head is refused with `status`."""
-        self._refusal = (status, reason)
-        raise ValueError(reason)
 
     def write(self, data: bytes) -> None:
         if self._transport is not None:
@@ -544,7 +441,8 @@ class Connection(asyncio.Protocol):
         self._active = request
         self._answered = False
         try:
-            outcome = self._server.handler(request)
+            outcome = (self._server.handler(request) if request.path != "*"
+                       else _asterisk(request))
         except Exception:
             log.exception("request failed")
             outcome = gateway_error()
@@ -677,25 +575,24 @@ class Connection(asyncio.Protocol):
         while self._queue:
             request = self._queue.popleft()
             request.body.fail(ConnectionResetError("the gateway is shutting down"))
-            self.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; "
+            self.write(b"%s503 Service Unavailable\r\nContent-Type: text/plain; "
                        b"charset=utf-8\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
-                       % (len(body), self._server.date(),
-                          b"" if self._queue else b"Connection: close\r\n",
+                       % (_status_version(request), len(body), self._server.date(),
+                          _connection_field(request, not self._queue),
                           b"" if request.method == "HEAD" else body))
         self._parsing = None
 
     def _head(self, request: Request, response: Response, size: int) -> bytes:
         status = response.status
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))]
+        lines = [b"%s%d %s\r\n" % (_status_version(request), status,
+                                    _PHRASES.get(status, b"Unknown"))]
         for name, value in response.headers.items():
             # As request headers were decoded: an echoed value goes back byte for byte.
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (size, self._server.date()))
-        if self._closing and not (self._draining and self._queue):
-            lines.append(b"Connection: close\r\n")
-        elif request.version == "1.0":
-            lines.append(b"Connection: keep-alive\r\n")
-        lines.append(b"\r\n")
+        # Go sends no length with an empty answer to HEAD (it cannot know the size).
+        length = b"Content-Length: %d\r\n" % size if size or request.method != "HEAD" else b""
+        lines.append(b"%sDate: %s\r\n%s\r\n" % (length, self._server.date(), _connection_field(
+            request, self._closing and not (self._draining and self._queue))))
         return b"".join(lines)
 
     @staticmethod
@@ -728,7 +625,22 @@ class Connection(asyncio.Protocol):
                 b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                 % (status, _PHRASES[status], len(body), body))
-            self._transport.close()
+            self._close_after_refusal()
+
+    def _close_after_refusal(self) -> None:
+        """As Go's net/http: the answer is sent and the writing half shut; what the
+        client still sends (the rest of a head over the bound) is read and dropped,
+        DROP_AT_MOST and LINGER at most, so that it reads the answer, not a reset."""
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._dropping = DROP_AT_MOST
+        self._reading = True
+        transport.resume_reading()
+        self._arm(LINGER)
 
     def _arm(self, seconds: float) -> None:
         """Close, unanswered, unless a request's head is complete within `seconds`."""
@@ -839,8 +751,31 @@ class HttpServer:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._date = formatdate(now, usegmt=True).encode()
+            self._date = http_date(now)
         return self._date
+
+
+def _status_version(request: Request) -> bytes:
+    """The status line's start: an HTTP/1.0 request is answered in HTTP/1.0, as Go
+    answers it (the answers to heads refused before they are read are HTTP/1.1)."""
+    return b"HTTP/1.0 " if request.version == "1.0" else b"HTTP/1.1 "
+
+
+def _connection_field(request: Request, closing: bool) -> bytes:
+    """`Connection: close` when the connection closes after this answer; to HTTP/1.0,
+    for which closing is the default, `Connection: keep-alive` when it does not (and
+    nothing when it does, as Go)."""
+    if request.version == "1.0":
+        return b"" if closing else b"Connection: keep-alive\r\n"
+    return b"Connection: close\r\n" if closing else b""
+
+
+def _asterisk(request: Request) -> Response:
+    """The asterisk-form target (RFC 9112 3.2.4) is the server's, not a function's:
+    `OPTIONS *` is answered 200, any other method with it 400, as Go's net/http."""
+    if request.method == "OPTIONS":
+        return Response(200)
+    return Response(400, close=True)
 
 
 async def _each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:

@@ -51,6 +51,7 @@ class _Start(NamedTuple):
     kill_grace: float
     orphaned: Orphaned
     spill: Spill | None
+    leave_background: bool
 
 
 def threads_available() -> bool:
@@ -90,6 +91,7 @@ class Launcher:
         orphaned: Orphaned,
         body: bytes | None = None,
         spill: Spill | None = None,
+        leave_background: bool = False,
     ) -> FunctionProcess:
         """Start `argv` as `process.spawn` does. A `body` that is the whole of its
         stdin may be written, as far as the pipe takes it without waiting, by the
@@ -101,9 +103,10 @@ class Launcher:
         if spawner is None:
             return spawn(argv, env, combine_output=combine_output, max_output=max_output,
                          kill_grace=kill_grace, nice=nice, readiness=self._readiness,
-                         spill=spill)
+                         spill=spill, leave_background=leave_background)
         started: asyncio.Future[FunctionProcess] = self._loop.create_future()
-        spawner.submit(_Start(started, argv[0], max_output, kill_grace, orphaned, spill),
+        spawner.submit(_Start(started, argv[0], max_output, kill_grace, orphaned, spill,
+                              leave_background),
                        argv[0],
                        list(argv), env if type(env) is dict else dict(env), combine_output,
                        nice, body)
@@ -158,13 +161,14 @@ class Launcher:
                    pidfd: int, fed: int) -> None:
         assert self._loop is not None
         assert self._readiness is not None
-        started, program, max_output, kill_grace, orphaned, spill = cast(_Start, token)
+        started, program, max_output, kill_grace, orphaned, spill, leave = cast(_Start, token)
         proc = None
         if not error:
             try:
                 proc = FunctionProcess(self._loop, pid, stdin_fd, stdout_fd, pidfd=pidfd,
                                        fed=fed, max_output=max_output, kill_grace=kill_grace,
-                                       readiness=self._readiness, spill=spill)
+                                       readiness=self._readiness, spill=spill,
+                                       leave_background=leave)
             except Exception as exc:  # no descriptor left to watch it with, or a bug
                 _abandon(pid, stdin_fd, stdout_fd, pidfd)
                 if not isinstance(exc, OSError):

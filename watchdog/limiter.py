@@ -8,7 +8,6 @@ group is gone. With several workers, the slots are a semaphore they share.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,13 +58,11 @@ class SharedLimiter(Limiter):
     `counts[index]`, so that the supervisor can give back the permits of a worker
     that died."""
 
-    def __init__(self, limit: int, semaphore: Any, counts: Any, index: int,
-                 on_change: Callable[[int], None] | None = None) -> None:
+    def __init__(self, limit: int, semaphore: Any, counts: Any, index: int) -> None:
         super().__init__(limit)
         self._semaphore = semaphore  # multiprocessing.BoundedSemaphore
         self._counts = counts  # multiprocessing.Array("i", workers), one writer each
         self._index = index
-        self._on_change = on_change
 
     @property
     def inflight(self) -> int:
@@ -92,18 +89,18 @@ class SharedLimiter(Limiter):
 
     def _changed(self) -> None:
         self._counts[self._index] = self.mine
-        if self._on_change is not None:
-            self._on_change(self.mine)
 
 
 @dataclass(frozen=True)
 class SharedSlots:
     """What a worker needs to share the limit: made by the supervisor before it
-    forks (a semaphore is None when there is no limit)."""
+    forks (a semaphore is None when there is no limit); and the folder where the
+    workers keep their metrics (watchdog.metrics.SharedRegistry)."""
 
     semaphore: Any
     counts: Any
     index: int
+    metrics_dir: str = ""
 
-    def limiter(self, limit: int, on_change: Callable[[int], None]) -> Limiter:
-        return SharedLimiter(limit, self.semaphore, self.counts, self.index, on_change)
+    def limiter(self, limit: int) -> Limiter:
+        return SharedLimiter(limit, self.semaphore, self.counts, self.index)

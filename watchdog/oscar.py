@@ -27,6 +27,7 @@ from watchdog.logs import FIELDS
 from watchdog.oscar_input import Base64Decoder, InputError, write_input
 from watchdog.oscar_output import (
     OUTPUT_HEADER,
+    Removals,
     Workspace,
     base64_length,
     encode_exactly,
@@ -74,6 +75,7 @@ class OscarInvoker:
         self._supervisor = config.supervisor
         # In OSCAR's pod the script sees the caller's Authorization, as OSCAR gives it.
         self.strips_credentials = not config.oscar_pod
+        self.removals = Removals()  # awaited by the gateway's stop()
 
     async def invoke(self, env: Mapping[str, str], body: Body, started: float) -> Result:
         executor = self._executor
@@ -89,16 +91,16 @@ class OscarInvoker:
             executor.withdraw()
             return Result.text(500, f"Cannot run the service's script: "
                                     f"{self._service.script_error}.")
+        # The slot is the workspace's: held by the request, which packs the output
+        # and sends it, and by the script's group, and given back once the folder
+        # is gone (off the loop): a pod whose removals lag behind takes no more calls.
+        loop = asyncio.get_running_loop()
         try:
-            workspace = Workspace(self._root)
+            workspace = Workspace(self._root, self.removals, on_removed=lambda:
+                                  executor.withdraw(loop.time() - started))
         except OSError as exc:
             executor.withdraw()
             return _storage_error(exc)
-        # The slot is held by the script's group and by the request, which packs
-        # the output and sends it: given back when both are done.
-        slot = _Shares(2, lambda: executor.withdraw(
-            asyncio.get_running_loop().time() - started))
-        started_script = False
         finish = _Shares(1, lambda: None)
         try:
             sniffed = handover.Sniffed(as_chunks(body))
@@ -111,11 +113,10 @@ class OscarInvoker:
             else:
                 script_env, reason = plan
                 workspace.hold()  # the script's share, let go when its group is gone
-                started_script = True
                 result = await executor.run(
                     script_env, handover.file_chunks(workspace.input_file) if reason
                     else None, started,
-                    on_gone=lambda: _each(workspace.release, slot.drop), keep_slot=True,
+                    on_gone=workspace.release, keep_slot=True,
                     argv=self._supervisor if reason else self._script(),
                     combine_output=False if reason else None)
                 if reason:
@@ -125,17 +126,13 @@ class OscarInvoker:
                     if result.exit is not None and result.status == 200:
                         result, finish = await self._pack(workspace, result, started)
         except BaseException:
-            _each(finish.drop, workspace.release, slot.drop)
-            if not started_script:
-                slot.drop()
+            _each(finish.drop, workspace.release)
             raise
-        if not started_script:
-            slot.drop()
         # The request's share: once the answer is sent (or cannot be); after the
         # result's own (a spilled output's file).
         own = result.cleanup
         result.cleanup = lambda: _each(*(own,) if own else (), finish.drop,
-                                       workspace.release, slot.drop)
+                                       workspace.release)
         return result
 
     async def _hand_over(self, env: Mapping[str, str], body: Body, started: float,

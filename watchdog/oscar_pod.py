@@ -15,7 +15,6 @@ import base64
 import binascii
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +187,8 @@ class ServiceDefinition:
             return
         # Written once, in a folder of the gateway's own (the supervisor wrote it
         # into each call's input folder): read-only, so no call changes the next's.
+        import tempfile  # OSCAR mode's only (config imports this module at every start)
+
         self._private = tempfile.mkdtemp(prefix="oscar-script-", dir=private_root)
         path = os.path.join(self._private, SCRIPT_FILE)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW

@@ -29,9 +29,7 @@ import fcntl
 import logging
 import os
 import select
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -71,6 +69,7 @@ class Exit:
     duration: float  # seconds from spawn to exit
     # The output, when it passed the spill threshold: in a file, `output` empty.
     spilled: SpilledOutput | None = None
+    core_dumped: bool = False  # ended by a signal that dumped core (CLD_DUMPED)
 
     @property
     def ok(self) -> bool:
@@ -84,9 +83,11 @@ class Exit:
         return str(self.code)
 
     def describe(self) -> str:
-        """Like Go's *exec.ExitError: `exit status 3`, `signal: killed (SIGKILL)`."""
+        """As the Go watchdog's body starts: `exit status 3`, `signal: killed`,
+        `signal: segmentation fault (core dumped)`."""
         if self.signal is not None:
-            return f"signal: {signal_text(self.signal)} ({signal_name(self.signal)})"
+            dumped = " (core dumped)" if self.core_dumped else ""
+            return f"signal: {signal_text(self.signal)}{dumped}"
         return f"exit status {self.code}"
 
 
@@ -97,8 +98,35 @@ def signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
+# How Go names a signal in an exit's text (syscall.Signal's String on Linux): the C
+# library's description with its first letter in lower case, from a fixed table, so
+# that it does not change with the libc the gateway runs on (musl words some of
+# them differently, and numbers the real-time ones). Real-time signals, and any
+# other, are `signal N`.
+_SIGNAL_TEXT = {
+    "SIGHUP": "hangup", "SIGINT": "interrupt", "SIGQUIT": "quit",
+    "SIGILL": "illegal instruction", "SIGTRAP": "trace/breakpoint trap",
+    "SIGABRT": "aborted", "SIGBUS": "bus error", "SIGFPE": "floating point exception",
+    "SIGKILL": "killed", "SIGUSR1": "user defined signal 1",
+    "SIGSEGV": "segmentation fault", "SIGUSR2": "user defined signal 2",
+    "SIGPIPE": "broken pipe", "SIGALRM": "alarm clock", "SIGTERM": "terminated",
+    "SIGSTKFLT": "stack fault", "SIGCHLD": "child exited", "SIGCONT": "continued",
+    "SIGSTOP": "stopped (signal)", "SIGTSTP": "stopped", "SIGTTIN": "stopped (tty input)",
+    "SIGTTOU": "stopped (tty output)", "SIGURG": "urgent I/O condition",
+    "SIGXCPU": "CPU time limit exceeded", "SIGXFSZ": "file size limit exceeded",
+    "SIGVTALRM": "virtual timer expired", "SIGPROF": "profiling timer expired",
+    "SIGWINCH": "window changed", "SIGIO": "I/O possible", "SIGPWR": "power failure",
+    "SIGSYS": "bad system call",
+}
+
+
 def signal_text(number: int) -> str:
-    return (signal.strsignal(number) or signal_name(number)).lower()
+    """`killed` for 9, `segmentation fault` for 11, `signal 34` for SIGRTMIN."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = ""
+    return _SIGNAL_TEXT.get(name, f"signal {number}")
 
 
 class Spill:
@@ -119,6 +147,8 @@ class Spill:
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise
+        import tempfile  # here only: loaded at every start, it was 3% of the start
+
         if self._private is None:
             self._private = tempfile.mkdtemp(prefix="watchdog-output-", dir=self._folder)
         fd, path = tempfile.mkstemp(dir=self._private)
@@ -143,6 +173,8 @@ class Spill:
     def close(self) -> None:
         """Remove the private folder, if one was made (its files had no names)."""
         if self._private is not None:
+            import shutil  # as tempfile above
+
             shutil.rmtree(self._private, ignore_errors=True)
             self._private = None
 
@@ -228,10 +260,11 @@ class EpollReadiness:
 class FunctionProcess:
     """One running function. Created by `spawn`; ends in `Exit` once reaped."""
 
-    __slots__ = ("_callbacks", "_exit", "_exit_time", "_kill_grace", "_loop", "_max_output",
-                 "_output", "_output_size", "_overflowed", "_pidfd", "_readiness", "_reaped",
-                 "_spill", "_spilled", "_started", "_status", "_stdin_fd", "_stdout_fd",
-                 "_stopped_for", "_timers", "_writable", "fed", "pid")
+    __slots__ = ("_callbacks", "_exit", "_exit_time", "_kill_grace", "_leave", "_loop",
+                 "_max_output", "_output", "_output_size", "_overflowed", "_pidfd",
+                 "_readiness", "_reaped", "_spill", "_spilled", "_started", "_status",
+                 "_stdin_fd", "_stdout_fd", "_stopped_for", "_timers", "_writable", "fed",
+                 "pid")
 
     def __init__(
         self,
@@ -246,6 +279,7 @@ class FunctionProcess:
         readiness: EpollReadiness,
         fed: int = 0,
         spill: Spill | None = None,
+        leave_background: bool = False,
     ) -> None:
         self.pid = pid
         self.fed = fed  # bytes of its stdin that whoever started it wrote already
@@ -261,7 +295,12 @@ class FunctionProcess:
         self._spill = spill
         self._spilled: SpilledOutput | None = None
         self._stopped_for: str | None = None
-        self._status: tuple[int | None, int | None] | None = None  # (code, signal)
+        # (code, signal, core dumped), once the leader has exited.
+        self._status: tuple[int | None, int | None, bool] | None = None
+        # What the function leaves in its group at its exit runs on (the Go
+        # watchdog's way): its end is then its output's end, however long a
+        # background process holds stdout, and the group is swept only when stopped.
+        self._leave = leave_background
         self._exit_time = 0.0
         self._timers: list[asyncio.TimerHandle] = []
         self._writable: asyncio.Future[None] | None = None
@@ -321,8 +360,19 @@ class FunctionProcess:
             return
         self.close_stdin()
         if self._status is not None:
-            # The function ended on its own; only strays may remain: sweep them.
-            self._finish()
+            if self._stopped_for is not None:
+                return  # its group is in its grace (below): SIGKILL is on its way
+            if self._leave:
+                # Its end is its output's, which has not come: it is stopped before
+                # it, and what it was to leave running ends with its group, as any
+                # stopped function's: SIGTERM, then SIGKILL after the grace (the
+                # leader is unreaped, so the group's id is still ours).
+                self._leave = False
+                self._stopped_for = reason
+                self._signal_group(signal.SIGTERM)
+                self._timers.append(self._loop.call_later(self._kill_grace, self._finish))
+                return
+            self._finish()  # it ended on its own; only strays may remain: sweep them
             return
         if self._stopped_for is not None:
             return  # stopping already: SIGKILL is on its way
@@ -387,9 +437,9 @@ class FunctionProcess:
             self._readiness.remove(self._pidfd)
         self._exit_time = time.monotonic()
         if info.si_code == os.CLD_EXITED:
-            self._status = (info.si_status, None)
+            self._status = (info.si_status, None, False)
         else:  # CLD_KILLED, CLD_DUMPED
-            self._status = (None, info.si_status)
+            self._status = (None, info.si_status, info.si_code == os.CLD_DUMPED)
         self.close_stdin()
         if self._stdout_fd >= 0 and self._stopped_for is None:
             # Usually the output's end is already in the pipe: read it now rather
@@ -400,8 +450,10 @@ class FunctionProcess:
             return  # the output's end finished it
         if self._stdout_fd < 0 or self._stopped_for is not None:
             self._finish()
-        else:
+        elif not self._leave:
             self._timers.append(self._loop.call_later(STRAY_OUTPUT_GRACE, self._finish))
+        # Leaving its background: the output's end finishes it, as Go's Wait for the
+        # pipe; the run's deadlines (exec_timeout, write_timeout) bound that wait.
 
     def _finish(self) -> None:
         if self._exit is not None:
@@ -409,8 +461,12 @@ class FunctionProcess:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        # The leader is a zombie, so the group id is still ours: sweep stragglers.
-        self._signal_group(signal.SIGKILL)
+        if not self._leave or self._stopped_for is not None:
+            # The leader is a zombie, so the group id is still ours: sweep stragglers.
+            self._signal_group(signal.SIGKILL)
+        # Else what runs on keeps the group: its id is not reused while it has a
+        # member, and once the leader is reaped it is never signalled from here (its
+        # members come back to the gateway as orphans, which the OrphanReaper reaps).
         self._close_stdout()
         self.close_stdin()
         assert self._status is not None, "finished before the exit was seen"
@@ -418,7 +474,7 @@ class FunctionProcess:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
-        code, sig = self._status
+        code, sig, dumped = self._status
         if self._stopped_for is not None:
             self._drop_spilled()  # what a stopped function wrote is never sent
         self._exit = Exit(
@@ -430,6 +486,7 @@ class FunctionProcess:
             stopped_for=self._stopped_for,
             duration=self._exit_time - self._started,
             spilled=self._spilled,
+            core_dumped=dumped,
         )
         if self._reaped is not None and not self._reaped.done():
             self._reaped.set_result(None)
@@ -535,11 +592,13 @@ def spawn(
     readiness: EpollReadiness,
     nice: int | None = None,
     spill: Spill | None = None,
+    leave_background: bool = False,
 ) -> FunctionProcess:
     """Start `argv` with `env`; its stdin and stdout (and stderr when
     `combine_output`, else the gateway's stderr) are pipes; `nice`, when given, is
     its nice value; its output and end are watched through `readiness`, and output
-    past `spill`'s threshold goes to its file. Raises SpawnError."""
+    past `spill`'s threshold goes to its file; with `leave_background`, what it
+    leaves running at its exit runs on (see FunctionProcess). Raises SpawnError."""
     loop = asyncio.get_running_loop()
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
@@ -575,7 +634,7 @@ def spawn(
     fcntl.fcntl(stdout_r, fcntl.F_SETFL, os.O_NONBLOCK)
     return FunctionProcess(
         loop, pid, stdin_w, stdout_r, max_output=max_output, kill_grace=kill_grace,
-        readiness=readiness, spill=spill,
+        readiness=readiness, spill=spill, leave_background=leave_background,
     )
 
 
@@ -607,13 +666,30 @@ class OrphanReaper:
         if self._loop is not None and self._soon is None:
             self._soon = self._loop.call_later(self.SOON, self._sweep_soon)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
         """At shutdown no function is tracked any more: whatever child is left
-        escaped its group (setsid, a daemon). End it and reap it."""
+        escaped its group (setsid, a daemon) or was left to run on (a function's
+        background work). End it, SIGTERM and `grace` seconds for it to finish
+        (and for what it started, which comes back here as it ends), then SIGKILL,
+        and reap it."""
         for handle in (self._periodic, self._soon):
             if handle is not None:
                 handle.cancel()
         self._periodic = self._soon = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        warned: set[int] = set()
+        while loop.time() < deadline:
+            self.sweep()
+            survivors = [pid for pid in children() if not self._is_tracked(pid)]
+            if not survivors:
+                break
+            for pid in survivors:
+                if pid not in warned:
+                    warned.add(pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+            await asyncio.sleep(0.02)
         for _ in range(50):
             survivors = [pid for pid in children() if not self._is_tracked(pid)]
             if not survivors:
@@ -661,6 +737,15 @@ def children() -> list[int]:
 
 
 def set_child_subreaper() -> None:
+    try:
+        from watchdog import _spawn  # ctypes, the other way, was 3% of the start
+
+        _spawn.set_child_subreaper()
+        return
+    except (ImportError, AttributeError):  # built without a C compiler, or before this
+        pass
+    except OSError:
+        return  # not Linux: as below
     try:
         import ctypes
 

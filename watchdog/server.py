@@ -16,17 +16,18 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-
-from watchdog import cgi, oscar, oscar_pod
+from watchdog import cgi, sniff
 from watchdog.config import Config
 from watchdog.executor import Body, Executor, Result
 from watchdog.http import BodyError, HttpServer, Outcome, Request, Response, default_max_connections
 from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
-from watchdog.metrics import Metrics
+from watchdog.metrics import CONTENT_TYPE, Metrics, Registry, SharedRegistry
+
+if TYPE_CHECKING:  # imported by OSCAR mode only (Watchdog.__init__): not at every start
+    from watchdog import oscar, oscar_pod
 
 log = logging.getLogger("watchdog")
 
@@ -58,31 +59,31 @@ class Watchdog:
         config: Config,
         environ: Mapping[str, str],
         *,
-        registry: CollectorRegistry | None = None,
+        registry: Registry | None = None,
         handle_signals: bool = False,
         shared: SharedSlots | None = None,
     ) -> None:
         self.config = config
         self.environ = dict(environ)  # the function's base environment
-        self.registry = registry if registry is not None else CollectorRegistry()
-        # What /metrics shows: this process's collectors, or every worker's, added up.
-        self.exposition = self.registry
         self.worker = shared.index if shared is not None else None
         self.limiter: Limiter
         if shared is None:
             self.limiter = Limiter(config.max_inflight)
-            self.metrics = Metrics(self.registry, max_inflight=config.max_inflight,
-                                   inflight=lambda: self.limiter.inflight)
         else:
-            self.metrics = Metrics(self.registry, max_inflight=config.max_inflight,
-                                   inflight=None)
-            self.limiter = shared.limiter(config.max_inflight, self.metrics.set_inflight)
-            self.exposition = CollectorRegistry()
-            multiprocess.MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
+            self.limiter = shared.limiter(config.max_inflight)
+        if registry is None:
+            # With several workers, /metrics adds up every worker's numbers.
+            registry = Registry() if shared is None else SharedRegistry(shared.metrics_dir)
+        self.registry = registry
+        # The limiter's count is every worker's when it is shared.
+        self.metrics = Metrics(registry, max_inflight=config.max_inflight,
+                               inflight=lambda: self.limiter.inflight)
         self.executor = Executor(config, self.limiter, self.metrics)
         self.oscar: oscar.OscarInvoker | None = None
         self.service: oscar_pod.ServiceDefinition | None = None
         if config.mode == "oscar":
+            from watchdog import oscar, oscar_pod
+
             self.environ = oscar.script_environment(self.environ, pod=config.oscar_pod)
             workspaces = os.path.dirname(config.lock_path)
             self.service = oscar_pod.ServiceDefinition(
@@ -107,13 +108,16 @@ class Watchdog:
         try:
             await self.start()
         except BaseException:
-            await self.stop()  # whatever did start: listeners, the reaper
+            # Whatever did start (listeners, the reaper) stops without a word: the
+            # error that stopped the start, which the caller logs, is the last one.
+            await self.stop()
             raise
         try:
             await self._should_exit.wait()
         finally:
             await self.drain()
             await self.stop()
+            log.info("stopped")
 
     def request_shutdown(self) -> None:
         """Record a shutdown request; the work happens in `serve`."""
@@ -138,17 +142,16 @@ class Watchdog:
             config.max_inflight)
         self._http = HttpServer(self._dispatch, idle_timeout=idle,
                                 max_connections=max_connections)
-        self.addresses["function"] = await self._http.listen(
-            config.bind_address or None, config.port, reuse_port=self.worker is not None)
+        self.addresses["function"] = await self._listen(
+            self._http, "function", config.bind_address, config.port)
         # Not drained with the function port: scrapes go on until stop().
         self._metrics_http = HttpServer(self._metrics, idle_timeout=idle,
                                         max_connections=METRICS_MAX_CONNECTIONS)
-        self.addresses["metrics"] = await self._metrics_http.listen(
-            config.metrics_bind_address or None, config.metrics_port,
-            reuse_port=self.worker is not None)
+        self.addresses["metrics"] = await self._listen(
+            self._metrics_http, "metrics", config.metrics_bind_address, config.metrics_port)
         if not config.suppress_lock:
-            with open(config.lock_path, "w"):
-                pass
+            # 0660 less the umask (0640 under 022), as the Go watchdog writes it.
+            os.close(os.open(config.lock_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660))
         self.accepting = True
         log.info("listening", extra={FIELDS: {
             "address": _show(self.addresses["function"]),
@@ -169,10 +172,14 @@ class Watchdog:
         config = self.config
         self.accepting = False
         self._remove_lock()
+        waits = config.healthcheck_interval > 0 or self._requests > 0
         log.info("shutting down", extra={FIELDS: {
             "healthcheck_interval": config.healthcheck_interval,
             "drain_timeout": config.write_timeout,
             "inflight": self._requests,
+            # Ctrl-C on a terminal would otherwise seem ignored for healthcheck_interval.
+            **({"hint": "a second Ctrl-C (or SIGTERM) skips the waits and ends running "
+                        "functions"} if self._handle_signals and waits else {}),
         }})
         await self._wait_unless_hurried(asyncio.sleep(config.healthcheck_interval))
         if self._http is not None:
@@ -197,6 +204,8 @@ class Watchdog:
             await self._metrics_http.shutdown(WRITE_OUT_GRACE)
             self._metrics_http = None
         await self.executor.stop()  # functions of clients that hung up, and orphans
+        if self.oscar is not None:
+            await self.oscar.removals.wait()  # workspaces of the last calls
         self._remove_lock()
         if self.service is not None:
             self.service.close()
@@ -205,17 +214,16 @@ class Watchdog:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         self.access_log.flush()
-        log.info("stopped")
 
     # --- handlers ----------------------------------------------------------------------
 
     def _dispatch(self, request: Request) -> Outcome:
         path = request.path
-        if path.startswith("/_/") and request.method in ("GET", "HEAD"):
+        if path.startswith("/_/"):
             if path == "/_/health":
-                return self._health()
+                return self._health(request)
             if path == "/_/ready":
-                return self._ready()
+                return self._ready(request)
         if self.oscar is None:
             return self._function(request)
         if path == "/":
@@ -237,7 +245,7 @@ class Watchdog:
         config = self.config
         if request.method != "POST":
             return self._refuse(request, Response(405, headers={"Allow": "POST"}))
-        if config.check_token and not oscar.bearer_matches(
+        if config.check_token and not _bearer_matches(
                 _text(request.header("authorization")), config.service_token):
             return self._refuse(request, Response.text(
                 401, "Missing or invalid service token.\n",
@@ -310,10 +318,11 @@ class Watchdog:
 
     def _answer(self, request: Request, result: Result, duration: float) -> Response:
         headers = result.headers
-        if result.exit is not None:
-            headers["X-Duration-Seconds"] = f"{duration:f}"
-            if result.status == 200 and "Content-Type" not in headers:
-                content_type = self.config.content_type or request.header("content-type")
+        if result.exit is not None:  # the function's output, timed and typed as by Go
+            if result.status == 200:
+                headers["X-Duration-Seconds"] = f"{duration:f}"
+            if "Content-Type" not in headers:
+                content_type = self._content_type(request, result)
                 if content_type:
                     headers["Content-Type"] = content_type
         self._account(request, result.status, duration, result)
@@ -381,23 +390,40 @@ class Watchdog:
         only when it will be used, so that a client refused (429, 413, 401, 404, 405)
         never uploads it (curl asks for bodies over 1 MiB, as OSCAR's base64 inputs
         are)."""
-        if request.version != "1.1":
-            return None
-        if not request.awaits_continue:
-            expect = (request.header("expect") or "").lower()
+        expect = (request.header("expect") or "").lower()
+        if expect != "100-continue":  # in HTTP/1.0 too, as Go
             # Echoed as ASCII: a value that is not UTF-8 would not encode.
             return self._refuse(request, Response.text(417, f"Unknown Expect: {expect!a}\n"))
-        request.send_continue()
+        if request.awaits_continue:  # HTTP/1.1 only: a 1.0 client sends its body anyway
+            request.send_continue()
         return None
 
-    def _health(self) -> Response:
+    def _content_type(self, request: Request, result: Result) -> str | None:
+        """The Go watchdog's: on a 200, the content_type setting, else the request's;
+        otherwise (and on a 500) the type net/http sniffs from the body's first bytes,
+        read from its file when it was spilled. None for an empty body, as Go."""
+        if result.status == 200:
+            given = self.config.content_type or request.header("content-type")
+            if given:
+                return given
+        head = result.head(sniff.SNIFF_LENGTH)
+        return sniff.content_type(head) if head else None
+
+    def _health(self, request: Request) -> Response:
+        """GET only, as the Go watchdog (HEAD too is 405 there). Neither counted nor
+        logged: a probe is not a function request."""
+        if request.method != "GET":
+            return Response(405, headers={"Allow": "GET"})
         healthy = self.accepting and (
             self.config.suppress_lock or os.path.exists(self.config.lock_path))
         if healthy:
             return Response.text(200, "OK")
         return Response(503)
 
-    def _ready(self) -> Response:
+    def _ready(self, request: Request) -> Response:
+        """GET and HEAD (the Go watchdog has no such path: its function gets it)."""
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, headers={"Allow": "GET, HEAD"})
         if not self.accepting:
             return Response(503)
         if self.limiter.at_capacity:
@@ -411,10 +437,16 @@ class Watchdog:
             return Response.text(404, "Not found: the metrics port serves /metrics.\n")
         if request.method not in ("GET", "HEAD"):
             return Response(405, headers={"Allow": "GET, HEAD"})
-        return Response(200, [generate_latest(self.exposition)],
-                        {"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(200, [self.registry.expose()], {"Content-Type": CONTENT_TYPE})
 
     # --- helpers ---------------------------------------------------------------------
+
+    async def _listen(self, server: HttpServer, name: str, host: str,
+                      port: int) -> tuple[str, int]:
+        try:
+            return await server.listen(host or None, port, reuse_port=self.worker is not None)
+        except OSError as error:
+            raise ListenError(name, host, port, error) from error
 
     async def _wait_unless_hurried(self, waiting: Coroutine[Any, Any, Any],
                                    within: float | None = None) -> bool:
@@ -436,6 +468,12 @@ class Watchdog:
                 os.remove(self.config.lock_path)
 
 
+def _bearer_matches(authorization: str | None, token: str) -> bool:
+    from watchdog.oscar import bearer_matches  # loaded with OSCAR mode: a lookup
+
+    return bearer_matches(authorization, token)
+
+
 def _text(value: str | None) -> str | None:
     """A header's value if it was UTF-8, else None (a header that cannot match)."""
     if value is None:
@@ -445,6 +483,20 @@ def _text(value: str | None) -> str | None:
     except UnicodeEncodeError:  # surrogate escapes of bytes that were not UTF-8
         return None
     return value
+
+
+class ListenError(OSError):
+    """A port the gateway cannot listen on, named with its address and the reason
+    (the event loop's own words differ between asyncio and uvloop)."""
+
+    def __init__(self, name: str, host: str, port: int, cause: OSError) -> None:
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
+        # All interfaces (an empty bind address) shown as `ss` shows them.
+        super().__init__(cause.errno, f"cannot listen on {_show((host or '*', port))} "
+                                      f"({name} port): {reason}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _show(address: tuple[str, int]) -> str:

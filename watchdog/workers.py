@@ -8,8 +8,8 @@ them) and run the ordinary gateway, with two things shared:
 - the limit: a semaphore of max_inflight permits, taken without blocking, so
   that it stays exact across workers; each worker's count is in shared memory,
   so that the permits of a worker that dies are given back;
-- the metrics: prometheus-client's multiprocess mode, so that a scrape of any
-  worker shows the sums.
+- the metrics: each worker's counts in a file of its own in a folder they share
+  (watchdog.metrics.SharedRegistry), so that a scrape of any worker shows the sums.
 
 The supervisor forwards SIGTERM and SIGINT (each worker then drains as one
 gateway does), replaces a worker that dies, reaps what else comes back to it,
@@ -60,8 +60,6 @@ def supervise(config: Config, environ: Mapping[str, str],
               run_worker: Callable[[Config, Mapping[str, str], SharedSlots], int]) -> int:
     environ = dict(environ)  # the functions' environment, without what follows
     metrics_dir = tempfile.mkdtemp(prefix="watchdog-metrics-")
-    # Read by prometheus-client when it is imported, so before any worker does.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("fork")
     semaphore = context.BoundedSemaphore(config.max_inflight) if config.max_inflight else None
     counts = context.Array("i", config.workers, lock=False)
@@ -90,7 +88,8 @@ def supervise(config: Config, environ: Mapping[str, str],
                     signal.signal(signum, signal.SIG_DFL)
                 share = _share_metrics_dir(metrics_dir)
                 _watch_supervisor(lifeline, config.kill_grace + ORPHANED_STOP_MARGIN, index)
-                code = run_worker(config, environ, SharedSlots(semaphore, counts, index))
+                code = run_worker(config, environ,
+                                  SharedSlots(semaphore, counts, index, metrics_dir))
                 if os.getppid() != supervisor:  # nobody left to remove the metrics
                     _remove_if_last(share, metrics_dir)
             except BaseException:
@@ -115,7 +114,6 @@ def supervise(config: Config, environ: Mapping[str, str],
             if pid not in workers:
                 continue  # an orphan left by a function of a worker that died
             index, started = workers.pop(pid)
-            _mark_dead(pid)
             _give_back(semaphore, counts, index)
             _end_orphans(workers)
             code = os.waitstatus_to_exitcode(wait_status)
@@ -231,12 +229,6 @@ def _end_orphans(workers: Mapping[int, object]) -> None:
             for kill in (os.killpg, os.kill):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     kill(pid, signal.SIGKILL)
-
-
-def _mark_dead(pid: int) -> None:
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _become_subreaper() -> None:

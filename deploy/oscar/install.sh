@@ -5,6 +5,7 @@
 #   install.sh install     the bundle becomes fwatchdog; the Go watchdog is kept as fwatchdog.go
 #   install.sh rollback    fwatchdog.go becomes fwatchdog again
 #   install.sh status      says what fwatchdog is now
+#   install.sh prune       removes the bundle folders of earlier installs (see below)
 #
 # BUNDLE: the bundle (`make oscar-bin`: fwatchdog + fwatchdog.d/), default /opt/oscar-bin.
 # TARGET: the volume, mounted read-write, default /data (where OSCAR's downloader mounts it).
@@ -13,12 +14,17 @@
 # hands over to them. Every change is a copy under a temporary name on the volume, then
 # a rename, so that a pod starting meanwhile finds the old or the new, never half of
 # one; the folder is versioned (fwatchdog.d.<BUILD-ID>) and fwatchdog.d is a symbolic
-# link to it, swapped by rename too. Running it again changes nothing.
+# link to it, swapped by rename too. Running it again changes nothing. Runs at once
+# (two Jobs) take turns: a lock folder on the volume, broken when older than LOCK_STALE
+# minutes (a run killed before it let go). Earlier folders stay until `prune`: a pod
+# started from any earlier install may still be loading from its folder.
 set -eu
 umask 022  # pods run as any user: everything installed is readable by all
 
 bundle=${BUNDLE:-/opt/oscar-bin}
 target=${TARGET:-/data}
+lock_stale=${LOCK_STALE:-10}
+lock="$target/.fwatchdog-lock"
 
 say() { printf 'fwatchdog-install: %s\n' "$*"; }
 die() { say "error: $*" >&2; exit 1; }
@@ -50,7 +56,33 @@ check_volume() {
     # probably not OSCAR's volume (and the gateway would have nothing to hand over to).
     [ -e "$target/supervisor" ] ||
         die "no supervisor in $target: is this oscar-pvc, filled by OSCAR's bin downloader?"
-    rm -rf "$target"/.fwatchdog-tmp.*  # left by an interrupted run
+    take_lock
+    rm -rf "$target"/.fwatchdog-tmp.*  # left by an interrupted run (not another's: we hold the lock)
+}
+
+# mkdir is atomic on every file system a volume may be (flock is not in every
+# busybox, nor honoured by every network file system).
+take_lock() {
+    waited=0
+    until mkdir "$lock" 2>/dev/null; do
+        if [ -n "$(find "$lock" -maxdepth 0 -mmin +"$lock_stale" 2>/dev/null)" ]; then
+            # Moved aside first: of two runs that both found it stale, only the one
+            # whose rename succeeds breaks it (the other's would remove a fresh lock).
+            owner=$(cat "$lock/owner" 2>/dev/null || echo '?')
+            if mv "$lock" "$lock.stale.$$" 2>/dev/null; then
+                say "breaking a lock older than $lock_stale minutes ($owner)"
+                rm -rf "$lock.stale.$$"
+            fi
+            continue
+        fi
+        [ "$waited" -eq 0 ] && say "another install is running ($(cat "$lock/owner" 2>/dev/null || echo '?')): waiting"
+        waited=$((waited + 1))
+        [ "$waited" -le $((lock_stale * 60)) ] || die "the lock $lock was not let go in $lock_stale minutes"
+        sleep 1
+    done
+    echo "$(hostname 2>/dev/null || echo '?') pid $$" >"$lock/owner"
+    trap 'rm -rf "$lock"' EXIT
+    trap 'exit 1' HUP INT TERM
 }
 
 install() {
@@ -85,7 +117,6 @@ install() {
             # A folder copied by hand: moved aside (the only step that is not atomic).
             rm -rf "$target/fwatchdog.d.manual"
             mv "$target/fwatchdog.d" "$target/fwatchdog.d.manual"
-            previous=fwatchdog.d.manual
         fi
         ln -s "$dir" "$target/.fwatchdog-tmp.link.$$"
         mv -f -T "$target/.fwatchdog-tmp.link.$$" "$target/fwatchdog.d"
@@ -96,14 +127,6 @@ install() {
         put "$bundle/fwatchdog" fwatchdog
         changed=yes
     fi
-
-    # Keep the version before this one (pods started from it may still run), drop older.
-    for old in "$target"/fwatchdog.d.*; do
-        name=${old##*/}
-        if [ -e "$old" ] && [ "$name" != "$dir" ] && [ "$name" != "$previous" ]; then
-            rm -rf "$old"
-        fi
-    done
 
     if [ "$changed" = yes ]; then
         say "installed $id: $target/fwatchdog is this gateway; pods started from now on run it"
@@ -126,6 +149,23 @@ rollback() {
     say "rolled back: $target/fwatchdog is the Go watchdog; pods started from now on run it"
 }
 
+# Every bundle folder but the one fwatchdog.d names: run it once no pod started before
+# the last install still runs (each loads its modules from its own folder).
+prune() {
+    check_volume
+    current=$(readlink "$target/fwatchdog.d" 2>/dev/null || true)
+    [ -n "$current" ] || die "fwatchdog.d is not a link to an installed bundle: nothing to keep"
+    pruned=0
+    for old in "$target"/fwatchdog.d.*; do
+        name=${old##*/}
+        if [ -e "$old" ] && [ "$name" != "$current" ]; then
+            rm -rf "$old"
+            pruned=$((pruned + 1))
+        fi
+    done
+    say "removed $pruned earlier bundle folder(s); kept $current"
+}
+
 status() {
     say "fwatchdog: $(describe fwatchdog); fwatchdog.go: $(describe fwatchdog.go)"
 }
@@ -134,5 +174,6 @@ case "${1:-install}" in
     install) install ;;
     rollback) rollback ;;
     status) status ;;
-    *) die "usage: install.sh [install|rollback|status]" ;;
+    prune) prune ;;
+    *) die "usage: install.sh [install|rollback|status|prune]" ;;
 esac
