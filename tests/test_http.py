@@ -139,6 +139,45 @@ async def test_upgrade_is_answered_then_closed(gateway: StartGateway) -> None:
     await still_serving(gw)
 
 
+async def test_every_idle_connection_is_closed_at_its_own_deadline(
+        gateway: StartGateway) -> None:
+    """The idle deadlines share one queue and one timer in the server: connections
+    opened at different times, some answered once and some never sending a byte, are
+    each closed, and one that keeps sending requests is not."""
+    gw = gateway(["cat"], env={"read_timeout": "1s"})
+
+    def scenario() -> tuple[list[bool], int]:
+        quiet = []
+        for i in range(12):
+            sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            if i % 2:
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            quiet.append(sock)
+            time.sleep(0.1)
+        busy = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        served = 0
+        deadline = time.monotonic() + 2.5  # more than read_timeout: it must stay open
+        while time.monotonic() < deadline:
+            busy.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
+            assert busy.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            served += 1
+            time.sleep(0.2)
+        closed = []
+        for sock in quiet:
+            try:
+                closed.append(sock.recv(1) == b"")  # closed by the gateway, unanswered
+            except TimeoutError:
+                closed.append(False)
+            sock.close()
+        busy.close()
+        return closed, served
+
+    closed, served = await asyncio.to_thread(scenario)
+    assert closed == [True] * 12
+    assert served >= 5
+
+
 async def test_idle_keep_alive_is_closed_after_read_timeout(gateway: StartGateway) -> None:
     gw = gateway(["cat"], env={"read_timeout": "1s"})
 

@@ -643,17 +643,24 @@ class Connection(asyncio.Protocol):
         self._arm(LINGER)
 
     def _arm(self, seconds: float) -> None:
-        """Close, unanswered, unless a request's head is complete within `seconds`."""
+        """Close, unanswered, unless a request's head is complete within `seconds`.
+        The idle deadline, the one every connection has, is kept by the server in
+        one queue with one timer; the rare others (LINGER) get a timer each."""
         self._disarm()
-        if seconds:
-            self._deadline = self.loop.call_later(seconds, self._expire)
+        if not seconds:
+            return
+        if seconds == self._server.idle_timeout:
+            self._server.watch_idle(self)
+        else:
+            self._deadline = self.loop.call_later(seconds, self.expire)
 
     def _disarm(self) -> None:
+        self._server.unwatch_idle(self)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         self._deadline = None
         transport = self._transport
         if transport is not None and (self._active is None or self._answered):
@@ -684,6 +691,11 @@ class HttpServer:
         self._quiet.set()
         self._second = -1
         self._date = b""
+        # Idle deadlines (loop time) in the order they fall: all are idle_timeout
+        # after their arming, so arming puts one at the end. One timer for the first,
+        # instead of a TimerHandle a connection (a fifth of an idle one's memory).
+        self._deadlines: collections.OrderedDict[Connection, float] = collections.OrderedDict()
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str | None, port: int, *, reuse_port: bool = False,
                      backlog: int = 1024) -> tuple[str, int]:
@@ -717,6 +729,29 @@ class HttpServer:
         self.idle[connection] = None
         return True
 
+    def watch_idle(self, connection: Connection) -> None:
+        deadlines = self._deadlines
+        deadlines[connection] = self.loop.time() + self.idle_timeout
+        deadlines.move_to_end(connection)
+        if self._deadline_timer is None:
+            self._deadline_timer = self.loop.call_at(next(iter(deadlines.values())),
+                                                     self._expire_idle)
+
+    def unwatch_idle(self, connection: Connection) -> None:
+        self._deadlines.pop(connection, None)  # its timer may fire for nothing: harmless
+
+    def _expire_idle(self) -> None:
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        now = self.loop.time()
+        while deadlines:
+            connection, at = next(iter(deadlines.items()))
+            if at > now:
+                self._deadline_timer = self.loop.call_at(at, self._expire_idle)
+                return
+            del deadlines[connection]
+            connection.expire()
+
     def stop_listening(self) -> None:
         for server in self._servers:
             server.close()
@@ -746,6 +781,9 @@ class HttpServer:
         for connection in list(self.connections):
             connection.abort()
         await asyncio.sleep(0)  # let connection_lost run
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
 
     def date(self) -> bytes:
         now = int(time.time())
