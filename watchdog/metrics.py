@@ -18,6 +18,7 @@ them from what it shares already (the limiter) or from the configuration.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import mmap
@@ -159,7 +160,7 @@ def _parse_labels(text: str) -> Iterable[tuple[str, str]]:
         text = text[i + 1:].lstrip(",")
 
 
-class _Family:
+class _Family(abc.ABC):
     kind = ""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
@@ -186,9 +187,10 @@ class _Family:
             pairs.append(extra)
         return "{" + ",".join(pairs) + "}" if pairs else ""
 
+    @abc.abstractmethod
     def expose(self, children: list[tuple[tuple[str, ...], list[float]]],
                lines: list[str]) -> None:
-        raise NotImplementedError
+        """Append the family's text lines for these children (label values, cells)."""
 
 
 class Counter(_Family):
