@@ -132,13 +132,14 @@ class Pod:
             f"mkdir -p {self.work / 'layers/upper'} {self.work / 'layers/work'} {root}",
         ]
         binds = self.rootfs / ".binds"
+        bound: list[str] = []  # the host image's folders, bound once its /tmp is mounted
         if binds.exists():
             # the host image: its folders bound read-only into a tmpfs root
             lines += [f"mount -t tmpfs -o mode=0755 root {root}",
                       f"cp -a {self.rootfs}/. {root}/", f"rm -f {root}/.binds"]
             for path in binds.read_text().split():
                 target = f"{root}{path}"
-                lines += [f"mkdir -p {target}", f"mount --rbind {path} {target}",
+                bound += [f"mkdir -p {target}", f"mount --rbind {path} {target}",
                           f"mount -o remount,bind,ro {target}"]
         else:
             lines.append(
@@ -161,6 +162,8 @@ class Pod:
             f"mount -t proc proc {root}/proc",
             f"mount -t tmpfs -o mode=1777 tmp {root}/tmp",
             f"mount -t tmpfs -o mode=0755 dev {root}/dev",
+            # After the pod's /tmp: a checkout under the host's /tmp stays visible.
+            *bound,
         ]
         for dev in ("null", "zero", "random", "urandom", "full", "tty"):
             lines += [f"touch {root}/dev/{dev}", f"mount --bind /dev/{dev} {root}/dev/{dev}"]
