@@ -68,7 +68,7 @@ from bench.common import (
     wrk_with_cpu,
 )
 
-SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar", "footprint")
+SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar", "footprint", "proxy")
 LIMIT = 4
 # (loop, workers, function_nice, spawn_threads): the defaults first, then one
 # setting changed at a time.
@@ -470,6 +470,51 @@ class Suite:
             result.requests = done
 
 
+    # --- proxy ------------------------------------------------------------------------
+
+    def proxy(self) -> str:
+        """http mode against bench/upstream_server.py (a plain asyncio server): the
+        server alone, the gateway with 1 and 2 workers, and each --against binary in
+        of-watchdog's mode=http (its fprocess a placeholder: the server is already up)."""
+        port = free_port()
+        upstream = Server([sys.executable, str(ROOT / "bench" / "upstream_server.py"),
+                           str(port)], {"PATH": os.environ.get("PATH", ""),
+                                        "PYTHONPATH": str(ROOT)},
+                          port, self.folder / "upstream.log")
+        rows: dict[str, list[Rate]] = {}
+        url = f"http://127.0.0.1:{port}"
+        with upstream:
+            for _ in range(self.runs):
+                rows.setdefault("the server alone (no proxy)", []).append(
+                    wrk_with_cpu(upstream, self.seconds, 16))
+                for workers in (1, 2):
+                    with gateway(self.folder, [], mode="http", upstream_url=url,
+                                 WATCHDOG_WORKERS=str(workers),
+                                 WATCHDOG_LOG_LEVEL="WARNING") as gw:
+                        rows.setdefault(f"fwatchdog mode=http, workers={workers}", []).append(
+                            wrk_with_cpu(gw, self.seconds, 16))
+                for binary in self.args.against:
+                    with foreign_watchdog(binary, self.folder, ["sleep", "600"], mode="http",
+                                          upstream_url=url) as other:
+                        rows.setdefault(f"--against {binary} (mode=http)", []).append(
+                            wrk_with_cpu(other, self.seconds, 16))
+        medians = {name: median_rate(rates) for name, rates in rows.items()}
+        direct = next(iter(medians.values()))
+        lines = [
+            f"GET, wrk -t2 -c16, keep-alive both sides, {self.seconds:g} s x {self.runs} "
+            "runs, medians. Added p50: over the server alone. CPU: the proxy's own per "
+            "request (the server's for its own row).",
+            "",
+            "| what | requests/s | p50 ms | added p50 ms | p99 ms | µs CPU a request |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, rate in medians.items():
+            lines.append(f"| {name} | {rate.rps:,.0f} | {rate.p50_ms:.2f} | "
+                         f"{rate.p50_ms - direct.p50_ms:.2f} | {ms(rate.p99_ms)} | "
+                         f"{rate.server_us:,.0f} |")
+        return "\n".join(lines)
+
+
 def _bundle_staleness(bundle: Path) -> str:
     """Why the bundle's column is missing or may not be the tree's code."""
     if not bundle.exists():
@@ -539,7 +584,8 @@ def _function_time(server: Server) -> tuple[float, float]:
 
 TITLES = {"echo": "Echo throughput", "shed": "Shedding: 429 answers per second",
           "overload": "Overload sweep", "limit": "Choosing max_inflight", "memory": "Memory",
-          "oscar": "OSCAR mode overhead", "footprint": "Footprint: cold start and memory"}
+          "oscar": "OSCAR mode overhead", "footprint": "Footprint: cold start and memory",
+          "proxy": "http mode: the proxy in front of a server"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,8 @@ def test_benchmark_suite_smoke() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for title in ("Echo throughput", "Shedding: 429 answers per second", "Overload sweep",
-                  "Memory", "OSCAR mode overhead", "Footprint: cold start and memory"):
+                  "Memory", "OSCAR mode overhead", "Footprint: cold start and memory",
+                  "http mode: the proxy in front of a server"):
         assert f"## {title}" in out, title
 
     def rate(name: str) -> float:
@@ -57,6 +58,8 @@ def test_benchmark_suite_smoke() -> None:
     assert function_us > 0
     assert all_us == pytest.approx(gateway_us + function_us, abs=2)
     assert rate("fwatchdog, max_inflight=4 held, workers=2 (log INFO)") > 0
+    assert rate("fwatchdog mode=http, workers=1") > 0  # the proxy answered, 200s
+    assert rate("the server alone (no proxy)") > 0
     assert re.search(r"^\| 8 \| [\d,]+ \| [\d.,]+ \|", out, re.MULTILINE), out  # locust ran
     assert "| idle RSS |" in out
     assert "counted" not in out  # wc -c saw every byte of the streamed body

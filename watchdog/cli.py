@@ -206,7 +206,7 @@ def serve(config: Config, environ: Mapping[str, str]) -> int:
                     extra={logs.FIELDS: {"variable": legacy.variable, "value": legacy.value,
                                          "used": legacy.used, "expected": legacy.accepted}})
     _protect_descriptors()
-    if not _runnable(config.fprocess[0], environ.get("PATH")):
+    if config.fprocess and not _runnable(config.fprocess[0], environ.get("PATH")):
         log.warning("fprocess not found or not executable; requests will get 500",
                     extra={logs.FIELDS: {"fprocess": config.fprocess[0]}})
     if config.workers > 1:
@@ -227,7 +227,7 @@ def run(config: Config, environ: Mapping[str, str], shared: SharedSlots | None) 
         except OSError as exc:  # a port in use, no permission, no lock file folder
             log.error("cannot start", extra={logs.FIELDS: {"error": str(exc)}})
             return EXIT_START
-    return 0
+    return watchdog.exit_status
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -175,7 +175,7 @@ def parse_log_level(text: str) -> str:
 
 LOOPS = ("asyncio", "uvloop")
 MAX_SPAWN_THREADS = 16  # as watchdog/_spawn.c
-MODES = ("auto", "classic", "oscar")
+MODES = ("auto", "classic", "oscar", "http")
 # Where OSCAR mounts a service's script, and how its FaaS Supervisor runs it.
 OSCAR_SCRIPT = oscar_pod.script_command("/")
 CHECKS = ("auto", "true", "false")
@@ -185,6 +185,29 @@ BACKGROUNDS = ("kill", "leave")
 
 def parse_loop(text: str) -> str:
     return _choice(text, LOOPS)
+
+
+def parse_upstream_url(text: str) -> str:
+    """http://HOST:PORT[/PATH], the path without a trailing slash (it prefixes every
+    request's path), or empty."""
+    text = text.strip()
+    if not text:
+        return ""
+    match = _UPSTREAM.fullmatch(text)
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise _Invalid(text)
+    return text.rstrip("/")
+
+
+_UPSTREAM = re.compile(r"http://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})"
+                       r"(?P<path>/[^\s?#]*)?")
+
+
+def upstream_address(url: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of a URL parse_upstream_url accepted."""
+    match = _UPSTREAM.fullmatch(url)
+    assert match is not None
+    return match["host"].strip("[]"), int(match["port"]), (match["path"] or "").rstrip("/")
 
 
 def parse_mode(text: str) -> str:
@@ -336,14 +359,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mode", ("WATCHDOG_MODE", "mode"), "auto", parse_mode,
             "one of " + ", ".join(MODES),
             "classic: the body is the function's stdin; oscar: OSCAR's /run protocol "
-            "(input file, output files back as base64); auto: oscar in OSCAR's own pod "
-            "(fprocess is OSCAR's supervisor and /oscar/config is mounted), else classic"),
+            "(input file, output files back as base64); http: fprocess is started once "
+            "and requests are proxied to upstream_url (of-watchdog's mode=http; with no "
+            "fprocess, a sidecar in front of a server already running); auto: oscar in "
+            "OSCAR's own pod (fprocess is OSCAR's supervisor and /oscar/config is "
+            "mounted), else classic"),
     Setting("fprocess", ("WATCHDOG_FPROCESS", "fprocess"), None, parse_command,
             "a command line, no shell (WATCHDOG_FPROCESS, --fprocess: split on runs of "
             "whitespace; fprocess: on each space, as the Go watchdog), or CMD ARGS... "
             "after --",
             "the command forked for each request (required, except in oscar mode: "
-            + " ".join(OSCAR_SCRIPT) + ")"),
+            + " ".join(OSCAR_SCRIPT) + "); http mode: the server started once (none: "
+            "a sidecar)"),
+    Setting("upstream_url", ("WATCHDOG_UPSTREAM_URL", "http_upstream_url", "upstream_url"),
+            "", parse_upstream_url, "http://HOST:PORT with an optional path, or empty",
+            "http mode: where requests are proxied (required in http mode)"),
     Setting("port", ("WATCHDOG_PORT", "port"), "8080", parse_port,
             "a port number 0-65535 (0: any free port)", "port for function requests",
             go=go_port),
@@ -482,6 +512,7 @@ class LegacyValue:
 class Config:
     mode: str
     fprocess: tuple[str, ...]
+    upstream_url: str
     port: int
     bind_address: str
     metrics_port: int
@@ -580,6 +611,19 @@ class Config:
                 level = parse_log_level(oscar_pod.fdl_log_level(root, environ) or "INFO")
                 if logging.getLevelNamesMapping()[level] < logging.INFO:
                     values["log_level"] = level
+        if choice.mode == "http":
+            if not values["upstream_url"]:
+                setting = SETTINGS_BY_FIELD["upstream_url"]
+                raise ConfigError(", ".join(setting.variables), "", setting.accepted,
+                                  "http mode needs the server's address: set "
+                                  f"{setting.variables[0]} (or {setting.flag}) to "
+                                  f"{setting.accepted.split(' with')[0]}")
+            values.setdefault("fprocess", ())  # none: a sidecar
+            if values["fprocess"] and values["workers"] > 1:
+                # Each worker would start its own server on the one upstream port.
+                name = SETTINGS_BY_FIELD["workers"].variables[0]
+                raise ConfigError(name, str(values["workers"]), "1 in http mode with "
+                                  "fprocess (or no fprocess: a sidecar, any workers)")
         if "fprocess" not in values:
             fprocess = SETTINGS_BY_FIELD["fprocess"]
             names = ", ".join(fprocess.variables)

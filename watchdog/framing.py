@@ -81,16 +81,18 @@ class FramingError(Exception):
 class Head:
     """A request's head, read. `path` is percent-decoded and `query` raw, as Go's
     r.URL.Path and r.URL.RawQuery (bytes that are not UTF-8 as surrogate escapes);
-    `host` is an absolute-form target's host (RFC 9112 3.2.2), else None."""
+    `host` is an absolute-form target's host (RFC 9112 3.2.2), else None; `target` the
+    request target as it came (what a proxy forwards)."""
 
     __slots__ = ("chunked", "content_length", "headers", "host", "keep_alive", "method",
-                 "path", "query", "upgrade", "version")
+                 "path", "query", "target", "upgrade", "version")
 
     def __init__(self, method: str, path: str, query: str, host: str | None) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.host = host
+        self.target = ""
         self.version = "1.1"  # "1.0" or "1.1": HTTP/1.2 to 1.9 are read as 1.1, as Go does
         self.headers: list[tuple[str, str]] = []
         self.keep_alive = True
@@ -188,6 +190,7 @@ def read_request_line(line: bytes) -> tuple[Head, int]:
     except ValueError as error:
         raise FramingError(400, str(error)) from None
     head = Head(method.decode("ascii"), path, query, host)
+    head.target = target.decode("utf-8", "surrogateescape")
     head.version = "1.0" if minor == 0 else "1.1"
     head.upgrade = method == b"CONNECT"
     return head, minor

@@ -93,8 +93,10 @@ class BodyError(Exception):
 
 
 class Response:
-    """`body` is sent as it is; `stream`, when given, instead, with `content_length`.
-    `on_sent` is called once the answer has left, or cannot leave any more."""
+    """`body` is sent as it is; `stream`, when given, instead, with `content_length`
+    (None: unknown, sent chunked to HTTP/1.1, delimited by the close to HTTP/1.0, each
+    piece as it comes). `on_sent` is called once the answer has left, or cannot leave
+    any more."""
 
     __slots__ = ("body", "close", "content_length", "headers", "on_sent", "status", "stream")
 
@@ -105,7 +107,7 @@ class Response:
         headers: Mapping[str, str] | None = None,
         *,
         stream: Callable[[], AsyncIterator[bytes]] | None = None,
-        content_length: int = 0,
+        content_length: int | None = 0,
         close: bool = False,
         on_sent: Callable[[], None] | None = None,
     ) -> None:
@@ -212,13 +214,15 @@ class Request:
     (back to the same bytes with `surrogateescape`)."""
 
     __slots__ = ("_connection", "_fields", "_target_host", "body", "chunked", "content_length",
-                 "continued", "headers", "keep_alive", "method", "path", "query", "version")
+                 "continued", "headers", "keep_alive", "method", "path", "query", "target",
+                 "version")
 
     def __init__(self, connection: Connection, head: Head) -> None:
         self._connection = connection
         self.method = head.method
         self.path = head.path
         self.query = head.query
+        self.target = head.target
         self._target_host = head.host
         self.version = head.version
         self.headers = headers = head.headers
@@ -480,8 +484,10 @@ class Connection(asyncio.Protocol):
             self._closing = True
         size = (sum(map(len, response.body)) if response.stream is None
                 else response.content_length)
+        if size is None and request.version == "1.0":
+            self._closing = True  # no chunks in HTTP/1.0: the close ends the body
         head = self._head(request, response, size)
-        if response.stream is None and size <= WRITE_AT_ONCE:
+        if response.stream is None and size is not None and size <= WRITE_AT_ONCE:
             if request.method == "HEAD" or not response.body:
                 transport.write(head)
             else:
@@ -494,6 +500,8 @@ class Connection(asyncio.Protocol):
             self._task.add_done_callback(lambda _: self._sent(response))
 
     async def _write_out(self, request: Request, response: Response, head: bytes) -> None:
+        chunked = (response.stream is not None and response.content_length is None
+                   and request.version != "1.0")
         try:
             self.write(head)
             if request.method != "HEAD":
@@ -502,13 +510,20 @@ class Connection(asyncio.Protocol):
                 async for piece in pieces:
                     if self._transport is None:
                         return
-                    self._transport.write(piece)
+                    if chunked:
+                        if not piece:
+                            continue  # an empty chunk would end the body
+                        self._transport.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
+                    else:
+                        self._transport.write(piece)
                     if self._write_paused:
                         # A client that stops reading is let go, as one that stops
                         # sending is: after the idle deadline.
                         self._drained = self.loop.create_future()
                         async with asyncio.timeout(self._server.idle_timeout or None):
                             await self._drained
+                if chunked and self._transport is not None:
+                    self._transport.write(b"0\r\n\r\n")
         except ConnectionError:
             return
         except TimeoutError:
@@ -582,7 +597,7 @@ class Connection(asyncio.Protocol):
                           b"" if request.method == "HEAD" else body))
         self._parsing = None
 
-    def _head(self, request: Request, response: Response, size: int) -> bytes:
+    def _head(self, request: Request, response: Response, size: int | None) -> bytes:
         status = response.status
         lines = [b"%s%d %s\r\n" % (_status_version(request), status,
                                     _PHRASES.get(status, b"Unknown"))]
@@ -590,7 +605,11 @@ class Connection(asyncio.Protocol):
             # As request headers were decoded: an echoed value goes back byte for byte.
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         # Go sends no length with an empty answer to HEAD (it cannot know the size).
-        length = b"Content-Length: %d\r\n" % size if size or request.method != "HEAD" else b""
+        if size is None:
+            length = b"Transfer-Encoding: chunked\r\n" if request.version != "1.0" else b""
+        else:
+            length = (b"Content-Length: %d\r\n" % size if size or request.method != "HEAD"
+                      else b"")
         lines.append(b"%sDate: %s\r\n%s\r\n" % (length, self._server.date(), _connection_field(
             request, self._closing and not (self._draining and self._queue))))
         return b"".join(lines)

@@ -88,6 +88,8 @@ def choose_mode(setting: str, fprocess: tuple[str, ...] | None, root: str,
         if supervisor:
             reason += "; fprocess (OSCAR's supervisor) is forked for each request"
         return ModeChoice("classic", reason, False, ())
+    if setting == "http":
+        return ModeChoice("http", "mode is set to http", False, ())
     if setting == "oscar":
         if supervisor:
             assert fprocess is not None

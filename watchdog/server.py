@@ -26,8 +26,8 @@ from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import CONTENT_TYPE, Metrics, Registry, SharedRegistry
 
-if TYPE_CHECKING:  # imported by OSCAR mode only (Watchdog.__init__): not at every start
-    from watchdog import oscar, oscar_pod
+if TYPE_CHECKING:  # imported by their modes only (Watchdog.__init__): not at every start
+    from watchdog import oscar, oscar_pod, upstream
 
 log = logging.getLogger("watchdog")
 
@@ -89,8 +89,15 @@ class Watchdog:
             self.service = oscar_pod.ServiceDefinition(
                 config.oscar_root, environ, workspaces, own_script=config.oscar_defaults)
             self.oscar = oscar.OscarInvoker(config, self.executor, workspaces, self.service)
+        self.upstream: upstream.Upstream | None = None
+        if config.mode == "http":
+            from watchdog import upstream
+
+            self.upstream = upstream.Upstream(config, self.executor, self.environ,
+                                              self._upstream_exited)
         self.access_log = AccessLog(config.log_level)
         self.accepting = False
+        self.exit_status = 0  # of the process: 1 when the upstream server died
         self.addresses: dict[str, tuple[str, int]] = {}
         self._handle_signals = handle_signals
         self._should_exit = asyncio.Event()
@@ -133,6 +140,8 @@ class Watchdog:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_shutdown)
         self.executor.start()
+        if self.upstream is not None:
+            await self.upstream.start()  # before the ports: not ready until it accepts
         # The idle deadline also runs from a connection's start until a request's
         # head is complete: it bounds a client that sends its headers a byte at a
         # time (as Go's http.Server uses ReadTimeout for idle connections).
@@ -204,6 +213,8 @@ class Watchdog:
             await self._metrics_http.shutdown(WRITE_OUT_GRACE)
             self._metrics_http = None
         await self.executor.stop()  # functions of clients that hung up, and orphans
+        if self.upstream is not None:
+            await self.upstream.stop()
         if self.oscar is not None:
             await self.oscar.removals.wait()  # workspaces of the last calls
         self._remove_lock()
@@ -224,6 +235,8 @@ class Watchdog:
                 return self._health(request)
             if path == "/_/ready":
                 return self._ready(request)
+        if self.upstream is not None:
+            return self._proxy(request)
         if self.oscar is None:
             return self._function(request)
         if path == "/":
@@ -239,6 +252,29 @@ class Watchdog:
             return self._refuse(request, Response(
                 405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))}))
         return self._invoke(request, self.executor.invoke)
+
+    def _proxy(self, request: Request) -> Outcome:
+        """http mode: every method and path, forwarded to the server."""
+        upstream = self.upstream
+        assert upstream is not None
+        # As it came (percent-escapes kept); an absolute-form one in origin form.
+        target = request.target
+        if not target.startswith("/"):
+            target = _quoted(request.path) + ("?" + request.query if request.query else "")
+        has_body = bool(request.content_length or request.chunked)
+
+        def forward(_: Mapping[str, str], body: Body, started: float) -> Awaitable[Result]:
+            return upstream.forward(request.method, target, request.headers, request.host,
+                                    body, has_body, started)
+
+        return self._invoke(request, forward)
+
+    def _upstream_exited(self, reason: str) -> None:
+        log.error("the function's server ended: stopping, as of-watchdog does",
+                  extra={FIELDS: {"reason": reason}})
+        self.exit_status = 1
+        self._hurry.set()
+        self.request_shutdown()
 
     def _oscar_run(self, request: Request, service: str | None) -> Outcome:
         """OSCAR mode: POST /run/<service> (and POST /, what the platform forwards)."""
@@ -332,7 +368,7 @@ class Watchdog:
         # waits for the answer to have left.
         on_sent, result.cleanup = result.cleanup, None
         return Response(result.status, headers=headers, stream=result.stream,
-                        content_length=result.content_length or 0, on_sent=on_sent)
+                        content_length=result.content_length, on_sent=on_sent)
 
     async def _body(self, request: Request, started: float) -> Body | Result:
         body = request.body
@@ -355,7 +391,7 @@ class Watchdog:
         return cgi.marshal_request(request.headers, bytes(raw))
 
     def _environment(self, request: Request) -> Mapping[str, str]:
-        if not self.config.cgi_headers:
+        if not self.config.cgi_headers or self.upstream is not None:
             return self.environ
         transfer_encoding = request.header("transfer-encoding")
         content_length = request.content_length
@@ -472,6 +508,12 @@ def _bearer_matches(authorization: str | None, token: str) -> bool:
     from watchdog.oscar import bearer_matches  # loaded with OSCAR mode: a lookup
 
     return bearer_matches(authorization, token)
+
+
+def _quoted(path: str) -> str:
+    from urllib.parse import quote  # absolute-form targets only: rare
+
+    return quote(path, safe="/:@!$&'()*+,;=-._~", errors="surrogateescape")
 
 
 def _text(value: str | None) -> str | None:

@@ -36,6 +36,7 @@ serviceToken is not in it: it goes through a Secret, as a file.
 {{- define "fwatchdog.variables" -}}
 mode: WATCHDOG_MODE
 fprocess: WATCHDOG_FPROCESS
+upstreamUrl: WATCHDOG_UPSTREAM_URL
 port: WATCHDOG_PORT
 bindAddress: WATCHDOG_BIND_ADDRESS
 metricsPort: WATCHDOG_METRICS_PORT

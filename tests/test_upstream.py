@@ -1,0 +1,155 @@
+"""http mode (of-watchdog's mode=http) and the sidecar: a real aiohttp server, started
+by the gateway or beside it, behind the gateway's limit."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import FUNCTIONS, StartGateway, free_port
+
+APP = [sys.executable, str(FUNCTIONS / "http_app.py")]
+
+
+def http_env(port: int, **extra: str) -> dict[str, str]:
+    return {"mode": "http", "upstream_url": f"http://127.0.0.1:{port}", **extra}
+
+
+@pytest.fixture
+def beside() -> Iterator[int]:
+    """The sidecar's neighbour: the same server, started by the test, not the gateway."""
+    port = free_port()
+    proc = subprocess.Popen([*APP, str(port)], stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_requests_are_forwarded_with_method_target_headers_and_body(
+        gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port))
+    async with aiohttp.ClientSession() as session:
+        async with session.put(gw.url + "/a%2Fb/c?x=1&y=%20", data=b"hello upstream",
+                               headers={"X-Thing": "1", "Host": "fn.example"}) as r:
+            assert r.status == 200
+            assert r.headers["X-Duration-Seconds"]
+            seen = await r.json()
+        assert seen["method"] == "PUT"
+        assert seen["target"] == "/a%2Fb/c?x=1&y=%20"  # escapes kept, as sent
+        assert seen["body"] == "hello upstream"
+        assert seen["headers"]["X-Thing"] == "1"
+        assert seen["headers"]["Host"] == "fn.example"
+        # A chunked upload goes on chunked; OPTIONS is forwarded as every method is.
+        async def chunks() -> AsyncIterator[bytes]:
+            for piece in (b"a" * 100_000, b"b" * 100_000):
+                yield piece
+        async with session.post(gw.url + "/up", data=chunks()) as r:
+            assert len((await r.json())["body"]) == 200_000
+        async with session.options(gw.url + "/cors") as r:
+            assert (await r.json())["method"] == "OPTIONS"
+    log = gw.log()
+    assert "upstream up" in log  # the server's stderr is in the gateway's log
+
+
+async def test_the_limit_is_exact_through_the_proxy(gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port, max_inflight="2"))
+    async with aiohttp.ClientSession() as session:
+        async def call() -> int:
+            async with session.get(gw.url + "/slow?s=0.6") as r:
+                await r.read()
+                return r.status
+        statuses = await asyncio.gather(*(call() for _ in range(6)))
+        assert sorted(statuses) == [200, 200, 429, 429, 429, 429]
+        async with session.get(gw.url + "/slow?s=0") as r:  # the slots came back
+            assert r.status == 200
+
+
+async def test_exec_timeout_answers_504_and_a_dead_server_stops_the_gateway(
+        gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port, exec_timeout="300ms"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.url + "/slow?s=5") as r:
+            assert r.status == 504
+            assert r.headers["X-OpenFaaS-Internal"] == "of-watchdog"
+        async with session.post(gw.url + "/die") as r:
+            assert r.status == 502
+            assert r.headers["X-OpenFaaS-Internal"] == "of-watchdog"
+    assert gw.proc.wait(15) == 1  # as of-watchdog: the pod restarts it
+    assert "dying now" in gw.log()
+
+
+async def test_server_sent_events_flow_as_they_are_written(gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port))
+    async with aiohttp.ClientSession() as session:
+        began = time.monotonic()
+        async with session.get(gw.url + "/events?n=3&gap=0.5") as r:
+            assert r.headers["Transfer-Encoding"] == "chunked"
+            first = await r.content.readuntil(b"\n\n")
+            first_at = time.monotonic() - began
+            rest = await r.read()
+        total = time.monotonic() - began
+    assert first == b"data: 0\n\n"
+    assert rest == b"data: 1\n\ndata: 2\n\n"
+    assert first_at < total / 3  # the first event came before the stream ended
+
+
+async def test_a_sidecar_limits_a_server_it_did_not_start(
+        gateway: StartGateway, beside: int) -> None:
+    gw = gateway([], env=http_env(beside, max_inflight="1"))
+    async with aiohttp.ClientSession() as session:
+        async def call() -> int:
+            async with session.get(gw.url + "/slow?s=0.5") as r:
+                await r.read()
+                return r.status
+        assert sorted(await asyncio.gather(call(), call(), call())) == [200, 429, 429]
+        async with session.get(gw.url + "/_/health") as r:
+            assert r.status == 200
+
+
+def test_a_server_that_never_listens_stops_start_up_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        unused = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "watchdog", "--", "sh", "-c", "exit 0"],
+        env={"PATH": "/usr/bin:/bin", "mode": "http", "WATCHDOG_PORT": "0",
+             "WATCHDOG_METRICS_PORT": "0", "upstream_url": f"http://127.0.0.1:{unused}",
+             "PYTHONPATH": str(FUNCTIONS.parent.parent), "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "upstream exited" in proc.stderr
+
+
+def test_http_mode_refuses_several_workers_each_starting_the_server() -> None:
+    proc = subprocess.run([sys.executable, "-m", "watchdog", "--workers", "2", "--port",
+                           "8080", "--", "true"],
+                          env={"PATH": "/usr/bin:/bin", "mode": "http",
+                               "upstream_url": "http://127.0.0.1:5000",
+                               "PYTHONPATH": str(FUNCTIONS.parent.parent)},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "WATCHDOG_WORKERS='2': expected 1 in http mode with fprocess" in proc.stderr
+
+
+def test_http_mode_needs_an_upstream_url() -> None:
+    proc = subprocess.run([sys.executable, "-m", "watchdog", "--", "true"],
+                          env={"PATH": "/usr/bin:/bin", "mode": "http",
+                               "PYTHONPATH": str(FUNCTIONS.parent.parent)},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "WATCHDOG_UPSTREAM_URL" in proc.stderr
+    assert "http://HOST:PORT" in proc.stderr
