@@ -62,6 +62,17 @@ async def test_requests_are_forwarded_with_method_target_headers_and_body(
     assert "upstream up" in log  # the server's stderr is in the gateway's log
 
 
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
+        gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port), "0.2"], env=http_env(port))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(gw.url + "/again") as r:
+                assert r.status == 200
+            await asyncio.sleep(0.5)  # the server has closed its side by now
+
+
 async def test_the_limit_is_exact_through_the_proxy(gateway: StartGateway) -> None:
     port = free_port()
     gw = gateway([*APP, str(port)], env=http_env(port, max_inflight="2"))

@@ -46,7 +46,10 @@ def main() -> None:
     app.router.add_route("POST", "/die", die)
     app.router.add_route("*", "/{tail:.*}", echo)
     print("upstream up", json.dumps(sys.argv[1:]), file=sys.stderr, flush=True)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+    # argv[2]: how long an idle connection is kept (gunicorn's default is 2 s).
+    keepalive = float(sys.argv[2]) if len(sys.argv) > 2 else 75.0
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None,
+                keepalive_timeout=keepalive)
 
 
 if __name__ == "__main__":
