@@ -20,6 +20,10 @@ Sections:
   memory    idle RSS, RSS growth over many requests, peak RSS while a large body
             streams to `wc -c`
   oscar     OSCAR mode's overhead over running a trivial script directly
+  streaming mode=streaming: 1 GiB through `cat` (the body sent while the answer is
+            read), its rate, the gateway's CPU a MiB and its RSS growth, and the time
+            to the first byte of a function that writes, then sleeps; each --against
+            binary in its mode=streaming
   footprint exec to the first 200 on /_/health, the first request against warm ones,
             idle RSS, RSS growth over many requests, RSS per 1,000 idle connections:
             the gateway from the venv and from the OSCAR bundle (`make oscar-bin`), and
@@ -43,12 +47,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import footprint as fp
 from bench import oscar
+from bench import streaming as st
 from bench.common import (
     POST_100,
     ROOT,
@@ -68,7 +74,8 @@ from bench.common import (
     wrk_with_cpu,
 )
 
-SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar", "footprint", "proxy")
+SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar", "footprint", "proxy",
+            "streaming")
 LIMIT = 4
 # (loop, workers, function_nice, spawn_threads): the defaults first, then one
 # setting changed at a time.
@@ -515,6 +522,54 @@ class Suite:
         return "\n".join(lines)
 
 
+    # --- streaming --------------------------------------------------------------------
+
+    def streaming(self) -> str:
+        size = (64 if self.quick else 1024) * 2**20
+        first_rounds = 3 if self.quick else 10
+        writer = ["sh", str(self.folder / "write_then_sleep.sh")]
+        (self.folder / "write_then_sleep.sh").write_text("echo first\nsleep 0.3\n")
+        rows: dict[str, list[tuple[float, float, float, float]]] = {}
+
+        def measure(name: str, start: Callable[[list[str]], Server]) -> None:
+            with start(["cat"]) as cat:  # one at a time: the Go ones share port 8081
+                before_kib = cat.memory_kib()
+                own_before, _ = cat.cpu_split()
+                seconds, back, status = st.through(cat.port, size)
+                own_after, _ = cat.cpu_split()
+                grown = (cat.memory_kib("VmHWM") - before_kib) / 1024
+            if back != size or not status.endswith(b" 200 OK"):
+                raise RuntimeError(f"{name}: {status!r}, {back} of {size} bytes back")
+            with start(writer) as first:
+                waits = sorted(st.first_byte_ms(first.port) for _ in range(first_rounds))
+            rows.setdefault(name, []).append(
+                (size / 2**20 / seconds, (own_after - own_before) * 1e6 / (size / 2**20),
+                 grown, waits[len(waits) // 2]))
+
+        for _ in range(self.runs):
+            measure("fwatchdog mode=streaming", lambda command: gateway(
+                self.folder, command, mode="streaming", WATCHDOG_LOG_LEVEL="WARNING"))
+            for binary in self.args.against:
+                measure(f"--against {binary} (mode=streaming)",
+                        lambda command, binary=binary: foreign_watchdog(  # type: ignore[misc]
+                            binary, self.folder, command, mode="streaming"))
+        lines = [
+            f"{size // 2**20} MiB through `cat`, sent while the answer is read (HTTP/1.0, "
+            f"raw socket); first byte: `echo first; sleep 0.3`, median of {first_rounds}. "
+            f"{self.runs} runs, medians. CPU: the watchdog's own (not `cat`'s) per MiB. "
+            "RSS: its peak during the transfer over its RSS before. Targets: RSS ≤ +10 MB, "
+            "first byte ≤ 10 ms.",
+            "",
+            "| what | MiB/s | µs CPU a MiB | RSS growth | first byte ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, runs in rows.items():
+            med = [sorted(column)[len(column) // 2] for column in zip(*runs, strict=True)]
+            lines.append(f"| {name} | {med[0]:,.0f} | {med[1]:,.0f} | {med[2]:+.1f} MB | "
+                         f"{med[3]:.1f} |")
+        return "\n".join(lines)
+
+
 def _bundle_staleness(bundle: Path) -> str:
     """Why the bundle's column is missing or may not be the tree's code."""
     if not bundle.exists():
@@ -585,7 +640,8 @@ def _function_time(server: Server) -> tuple[float, float]:
 TITLES = {"echo": "Echo throughput", "shed": "Shedding: 429 answers per second",
           "overload": "Overload sweep", "limit": "Choosing max_inflight", "memory": "Memory",
           "oscar": "OSCAR mode overhead", "footprint": "Footprint: cold start and memory",
-          "proxy": "http mode: the proxy in front of a server"}
+          "proxy": "http mode: the proxy in front of a server",
+          "streaming": "Streaming mode: large outputs and the first byte"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,8 +171,8 @@ def test_a_value_our_form_takes_keeps_its_meaning_without_a_warning(
 
 
 def test_names_that_exist_only_here_stay_strict() -> None:
-    with pytest.raises(ConfigError, match=r"^mode='streaming': expected"):
-        Config.from_env({**BASE, "mode": "streaming"})
+    with pytest.raises(ConfigError, match=r"^mode='afterburn': expected"):
+        Config.from_env({**BASE, "mode": "afterburn"})
     with pytest.raises(ConfigError, match=r"^--max-inflight='abc': expected"):
         Config.from_env(BASE, {"max_inflight": "abc"})
 
@@ -201,7 +201,7 @@ def test_any_text_in_a_go_variable_starts_and_warns_exactly_when_strict_refuses(
     assert {s.variables[-1] for s in GO_READ} == {
         "port", "read_timeout", "write_timeout", "exec_timeout", "healthcheck_interval",
         "max_inflight", "write_debug", "combine_output", "marshal_request", "cgi_headers",
-        "suppress_lock"}
+        "suppress_lock", "buffer_http"}
     for setting in GO_READ:
         env = {**BASE, setting.variables[-1]: text}
         try:
@@ -266,7 +266,7 @@ def test_oscar_mode_defaults_to_the_mounted_script_and_reads_a_token_file(
 
 
 @pytest.mark.parametrize(("env", "named"), [
-    ({"mode": "streaming"}, "mode='streaming'"),
+    ({"mode": "afterburn"}, "mode='afterburn'"),
     ({"OSCAR_SERVICE_TOKEN_FILE": "/no/such/file"}, "OSCAR_SERVICE_TOKEN_FILE='/no/such/file'"),
     ({"OSCAR_SERVICE_TOKEN": "two words"}, "OSCAR_SERVICE_TOKEN=(hidden): expected"),
     ({"OSCAR_SERVICE_NAME": "a/b"}, "OSCAR_SERVICE_NAME='a/b'"),

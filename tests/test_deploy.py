@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import StartGateway
-from watchdog.config import SETTINGS, default_text
+from watchdog.config import OF_WATCHDOG_DEFAULTS, SETTINGS, Config, default_text
 
 ROOT = Path(__file__).parent.parent
 CHART = ROOT / "deploy" / "helm" / "fwatchdog"
@@ -141,13 +141,18 @@ def test_schema_rejects_bad_values_at_install_time(helm: str, setting: str, bad:
     assert setting.rsplit(".", 1)[1] in result.stderr
 
 
+MODE_DEFAULTED = {field for field, _, _ in OF_WATCHDOG_DEFAULTS}
+
+
 def test_every_setting_is_a_chart_value_with_the_same_default(helm: str) -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["openfaas"]["watchdog"]
     assert set(values) == {camel(s.field) for s in SETTINGS}
     for setting in SETTINGS:
         chart_default = values[camel(setting.field)]
         expected = default_text(setting)
-        if setting.default is None:  # required or derived: the chart leaves it unset
+        if setting.default is None or setting.field in MODE_DEFAULTED:
+            # Required, derived, or the mode's (of-watchdog's modes have their own
+            # defaults): the chart leaves it unset.
             assert chart_default == "", setting.field
         else:
             text = str(chart_default).lower() if isinstance(chart_default, bool) else str(
@@ -210,11 +215,51 @@ def test_plain_manifests_are_the_rendered_chart(helm: str) -> None:
     validate(documents(committed))
 
 
+def test_the_charts_sidecar_form_puts_the_gateway_in_front_of_the_server(helm: str) -> None:
+    docs = documents(render(helm, "sidecar.enabled=true", "sidecar.image=nginx:1.27-alpine",
+                            "sidecar.port=80", "openfaas.watchdog.maxInflight=8",
+                            "openfaas.watchdog.fprocess=ignored").stdout)
+    validate(docs)
+    containers = deployment(docs)["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["function", "server"]
+    assert containers[1]["image"] == "nginx:1.27-alpine"
+    assert containers[1]["ports"][0]["containerPort"] == 80
+    env = container_env(docs)
+    assert "WATCHDOG_FPROCESS" not in env  # nothing forked: the server is beside
+    config = Config.from_env(env)
+    assert (config.mode, config.upstream_url, config.max_inflight) == (
+        "http", "http://127.0.0.1:80", 8)
+    service = next(doc for doc in docs if doc["kind"] == "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"  # the gateway's port
+    refused = render(helm, "sidecar.enabled=true", check=False)  # no image
+    assert refused.returncode != 0
+    assert "sidecar.image" in refused.stderr
+
+
+def test_an_of_watchdog_mode_in_the_chart_gets_of_watchdogs_defaults(helm: str) -> None:
+    env = container_env(documents(render(helm, "openfaas.watchdog.mode=streaming",
+                                         "openfaas.watchdog.fprocess=cat").stdout))
+    assert "WATCHDOG_EXEC_TIMEOUT" not in env  # unset: the mode's default applies
+    config = Config.from_env(env)
+    assert (config.exec_timeout, config.combine_output) == (30, False)
+    classic = Config.from_env(container_env(documents(render(
+        helm, "openfaas.watchdog.fprocess=cat").stdout)))
+    assert (classic.exec_timeout, classic.combine_output) == (0, True)
+
+
 def test_sidecar_example_is_valid() -> None:
     docs = documents((ROOT / "deploy" / "k8s" / "sidecar-example.yaml").read_text())
     validate(docs)
     containers = deployment(docs)["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["web", "fwatchdog"]
+    env = {e["name"]: e["value"] for e in containers[1]["env"]}
+    # The real sidecar: http mode to the neighbour's port, nothing forked per request.
+    assert env["WATCHDOG_MODE"] == "http"
+    assert "WATCHDOG_FPROCESS" not in env
+    port = containers[0]["ports"][0]["containerPort"]
+    assert env["WATCHDOG_UPSTREAM_URL"] == f"http://127.0.0.1:{port}"
+    config = Config.from_env(env)
+    assert (config.mode, config.fprocess) == ("http", ())
 
 
 def test_dashboard_queries_only_metrics_the_gateway_exports(gateway: StartGateway) -> None:

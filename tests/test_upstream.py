@@ -164,3 +164,66 @@ def test_http_mode_needs_an_upstream_url() -> None:
     assert proc.returncode != 0
     assert "WATCHDOG_UPSTREAM_URL" in proc.stderr
     assert "http://HOST:PORT" in proc.stderr
+
+
+async def test_repeated_set_cookie_and_the_length_of_a_head_answer_come_through(
+        gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.url + "/cookies") as r:
+            assert r.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+            assert await r.read() == b"two cookies\n"
+        async with session.head(gw.url + "/cookies") as r:
+            assert r.status == 200
+            assert r.headers["Content-Length"] == "12"  # what the GET got, announced
+
+
+async def test_buffer_http_sends_a_chunked_body_with_its_length(gateway: StartGateway) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in (b"x" * 70_000, b"y" * 70_000):
+            yield piece
+            await asyncio.sleep(0.05)  # not all there with the head
+
+    for buffered, expected in (("true", "140000"), ("false", None)):
+        port = free_port()
+        gw = gateway([*APP, str(port)], env=http_env(port, http_buffer_req_body=buffered))
+        async with aiohttp.ClientSession() as session, session.post(
+                gw.url + "/up", data=chunks()) as r:
+            seen = await r.json()
+        assert len(seen["body"]) == 140_000
+        assert seen["headers"].get("Content-Length") == expected, buffered
+        assert ("Transfer-Encoding" in seen["headers"]) is (expected is None)
+
+
+async def test_ready_path_asks_the_server_within_the_gateways_own_checks(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    port = free_port()
+    flag = tmp_path / "not-ready"
+    flag.touch()
+    gw = gateway([*APP, str(port)], env=http_env(port, ready_path="/healthz",
+                                                   NOT_READY=str(flag)))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.url + "/_/ready") as r:
+            assert r.status == 503
+            assert await r.text() == "warming up\n"
+        flag.unlink()
+        async with session.get(gw.url + "/_/ready") as r:
+            assert r.status == 200
+            assert await r.text() == "ready from the server\n"
+        async with session.get(gw.url + "/_/health") as r:
+            assert await r.text() == "OK"  # health stays the gateway's own
+        async with session.get(gw.metrics_url) as r:
+            assert "\nhttp_requests_total{" not in await r.text()  # a probe is no request
+
+
+async def test_a_wsgi_application_under_a_real_wsgi_server(gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([sys.executable, str(FUNCTIONS / "wsgi_app.py"), str(port)],
+                 env=http_env(port, max_inflight="2"))
+    async with aiohttp.ClientSession() as session:
+        for i in range(5):  # wsgiref closes every connection: none is reused
+            async with session.post(gw.url + f"/wsgi/{i}?q={i}", data=b"form") as r:
+                assert r.status == 200
+                assert await r.json() == {"method": "POST", "path": f"/wsgi/{i}",
+                                          "query": f"q={i}", "body": "form"}

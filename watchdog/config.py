@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -175,7 +176,19 @@ def parse_log_level(text: str) -> str:
 
 LOOPS = ("asyncio", "uvloop")
 MAX_SPAWN_THREADS = 16  # as watchdog/_spawn.c
-MODES = ("auto", "classic", "oscar", "http")
+MODES = ("auto", "classic", "oscar", "http", "streaming", "serializing", "static")
+# of-watchdog's modes: its defaults apply to what is not set (OF_WATCHDOG_DEFAULTS).
+OF_WATCHDOG_MODES = frozenset({"http", "streaming", "serializing", "static"})
+# Its defaults that differ from the classic watchdog's (of-watchdog's config.go):
+# the fields, their values, and the modes they apply to.
+OF_WATCHDOG_DEFAULTS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("exec_timeout", "30s", OF_WATCHDOG_MODES),
+    ("combine_output", "false", OF_WATCHDOG_MODES),  # stderr to the log, never the body
+    ("content_type", "application/octet-stream", frozenset({"streaming", "serializing"})),
+)
+# The modes that fork for every request method (of-watchdog's); classic and oscar
+# answer 405 to the methods the Go classic watchdog does not fork for.
+EVERY_METHOD_MODES = frozenset({"streaming", "serializing"})
 # Where OSCAR mounts a service's script, and how its FaaS Supervisor runs it.
 OSCAR_SCRIPT = oscar_pod.script_command("/")
 CHECKS = ("auto", "true", "false")
@@ -229,6 +242,14 @@ def parse_hangup(text: str) -> str:
 
 def parse_background(text: str) -> str:
     return _choice(text, BACKGROUNDS)
+
+
+def parse_ready_path(text: str) -> str:
+    path = text.strip()
+    if path and (not path.startswith("/") or any(c.isspace() or not c.isprintable()
+                                                 for c in path)):
+        raise _Invalid
+    return path
 
 
 def parse_root(text: str) -> str:
@@ -357,13 +378,19 @@ SIZE = "a whole number of bytes, optionally with a unit: 512k, 10Mi, 1Gi"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("mode", ("WATCHDOG_MODE", "mode"), "auto", parse_mode,
-            "one of " + ", ".join(MODES),
+            "one of " + ", ".join(MODES) + " (of-watchdog's inproc runs Go code built "
+            "into it; its afterburn is gone from it)",
             "classic: the body is the function's stdin; oscar: OSCAR's /run protocol "
             "(input file, output files back as base64); http: fprocess is started once "
             "and requests are proxied to upstream_url (of-watchdog's mode=http; with no "
-            "fprocess, a sidecar in front of a server already running); auto: oscar in "
-            "OSCAR's own pod (fprocess is OSCAR's supervisor and /oscar/config is "
-            "mounted), else classic"),
+            "fprocess, a sidecar in front of a server already running); streaming: "
+            "forked per request, its stdout sent as it is written; serializing: forked "
+            "per request, its output sent whole; static: the files under static_path; "
+            "auto: oscar in OSCAR's own pod (fprocess is OSCAR's supervisor and "
+            "/oscar/config is mounted), else classic. In of-watchdog's modes (http, "
+            "streaming, serializing, static) its defaults apply: exec_timeout 30s, "
+            "combine_output false, content_type application/octet-stream in streaming "
+            "and serializing, which fork for every method"),
     Setting("fprocess", ("WATCHDOG_FPROCESS", "fprocess"), None, parse_command,
             "a command line, no shell (WATCHDOG_FPROCESS, --fprocess: split on runs of "
             "whitespace; fprocess: on each space, as the Go watchdog), or CMD ARGS... "
@@ -374,6 +401,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream_url", ("WATCHDOG_UPSTREAM_URL", "http_upstream_url", "upstream_url"),
             "", parse_upstream_url, "http://HOST:PORT with an optional path, or empty",
             "http mode: where requests are proxied (required in http mode)"),
+    Setting("buffer_http", ("WATCHDOG_BUFFER_HTTP", "http_buffer_req_body", "buffer_http"),
+            "false", parse_bool, BOOL,
+            "http mode: read a request's body whole before it is forwarded, with its "
+            "Content-Length (for servers that cannot read a chunked body; bounded by "
+            "max_body_bytes, else 64 MiB)", go=go_bool),
+    Setting("ready_path", ("WATCHDOG_READY_PATH", "ready_path"), "", parse_ready_path,
+            "a path starting with /, or empty",
+            "when the gateway is ready, GET /_/ready is answered by the function at this "
+            "path (http mode: the server; forking modes: a run with Http_Path set to it), "
+            "within the limit; empty: the gateway answers alone"),
+    Setting("static_path", ("WATCHDOG_STATIC_PATH", "static_path"), "/home/app/public",
+            parse_root, "an absolute path",
+            "static mode: the folder served (index.html for a folder, else its listing)"),
     Setting("port", ("WATCHDOG_PORT", "port"), "8080", parse_port,
             "a port number 0-65535 (0: any free port)", "port for function requests",
             go=go_port),
@@ -513,6 +553,9 @@ class Config:
     mode: str
     fprocess: tuple[str, ...]
     upstream_url: str
+    buffer_http: bool
+    ready_path: str
+    static_path: str
     port: int
     bind_address: str
     metrics_port: int
@@ -624,6 +667,19 @@ class Config:
                 name = SETTINGS_BY_FIELD["workers"].variables[0]
                 raise ConfigError(name, str(values["workers"]), "1 in http mode with "
                                   "fprocess (or no fprocess: a sidecar, any workers)")
+        if choice.mode in OF_WATCHDOG_MODES:
+            for field_name, default, modes in OF_WATCHDOG_DEFAULTS:
+                if field_name in defaulted and choice.mode in modes:
+                    values[field_name] = SETTINGS_BY_FIELD[field_name].parse(default)
+        if choice.mode == "static":
+            values.setdefault("fprocess", ())  # nothing runs: files are served
+            if not os.path.isdir(values["static_path"]):
+                setting = SETTINGS_BY_FIELD["static_path"]
+                raise ConfigError(setting.variables[0], values["static_path"],
+                                  "the path of a folder",
+                                  f"static_path={values['static_path']!r}: expected "
+                                  "the path of a folder, which static mode serves (set "
+                                  f"{', '.join(setting.variables)} or {setting.flag})")
         if "fprocess" not in values:
             fprocess = SETTINGS_BY_FIELD["fprocess"]
             names = ", ".join(fprocess.variables)

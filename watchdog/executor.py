@@ -25,6 +25,9 @@ log = logging.getLogger("watchdog")
 # A request body: all of it, or its chunks as they arrive.
 Body = bytes | AsyncIterator[bytes]
 
+# max_output of a streamed function: its output is never held whole.
+UNBOUNDED = 2**62
+
 # Why the gateway stopped a function -> what its caller gets.
 STOPS = {
     "exec_timeout": (408, "Killed process."),  # the Go watchdog's words
@@ -33,6 +36,8 @@ STOPS = {
     "shutdown": (503, "Gateway shutting down: function killed at the drain deadline."),
     "overflow": (500, "Function output exceeded max_output_bytes; killed."),
     "spill_failed": (500, "Function output could not be stored under $TMPDIR; killed."),
+    "body_too_large": (413, "Request body larger than max_body_bytes; function killed."),
+    "body_broken": (400, "Request body broke off or was malformed; function killed."),
 }
 
 
@@ -49,6 +54,11 @@ class Result:
     cleanup: Callable[[], None] | None = None
     # A streamed body's first bytes, up to the size asked, read without the rest.
     peek: Callable[[int], bytes] | None = None
+    # The function's output as it is written (streaming mode): its end, and
+    # `exit`, come after the head; the answer is counted once it is sent.
+    live: bool = False
+    # Repeated fields not to be joined (an upstream's Set-Cookie), after `headers`.
+    more_headers: Sequence[tuple[str, str]] = ()
 
     @classmethod
     def text(cls, status: int, message: str, **headers: str) -> Result:
@@ -95,7 +105,11 @@ class Executor:
         # needs to answer health checks and 429s while they fill the rest.
         self._nice = (min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.function_nice)
                       if config.function_nice else None)
-        self.reaper = OrphanReaper(lambda pid: pid in self.live)
+        # Children that are not functions and are reaped by their owner (http mode's
+        # server, by asyncio): the orphan reaper must leave them alone, or their
+        # owner would wait for an exit it can no longer see.
+        self.owned: set[int] = set()
+        self.reaper = OrphanReaper(lambda pid: pid in self.live or pid in self.owned)
         self.launcher = Launcher(config.spawn_threads)
         self._stopping: str | None = None  # stop_all's reason: for starts still underway
         # $TMPDIR, as the lock file's folder (the Go watchdog's os.TempDir()).
@@ -184,37 +198,20 @@ class Executor:
         argv: Sequence[str] | None,
         combine_output: bool | None,
     ) -> Result:
-        config = self._config
         if body is None:
             body = b""
-        if isinstance(body, bytes) and config.max_body_bytes and len(body) > config.max_body_bytes:
-            self._give_back(on_gone, keep_slot)  # chunked: no Content-Length said so
-            return self._too_large()
-        try:
-            proc = await self.launcher.spawn(
-                config.fprocess if argv is None else argv, env,
-                combine_output=(config.combine_output if combine_output is None
-                                else combine_output),
-                max_output=config.max_output_bytes, kill_grace=config.kill_grace,
-                nice=self._nice,
-                orphaned=lambda proc: self._orphaned(proc, on_gone, keep_slot),
-                body=body if isinstance(body, bytes) else None, spill=self._spill,
-                leave_background=config.background == "leave")
-        except SpawnError as exc:
-            self._give_back(on_gone, keep_slot)
-            log.error("cannot start function: %s", exc.strerror)
-            return Result.text(500, f"Failed to start function: {exc.strerror}")
-        self._track(proc, on_gone, keep_slot)
+        launched = await self.launch(env, body, on_gone, keep_slot, argv=argv,
+                                     combine_output=combine_output)
+        if isinstance(launched, Result):
+            return launched
+        proc = launched
 
         # One future ends the wait: the group gone (None) or a deadline passed (its
         # name). A timer and a callback, not timeout scopes: this is every request.
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[str | None] = loop.create_future()
         proc.add_done_callback(lambda _: _end(ended, None))
-        run_deadline, run_reason = _earliest(
-            loop.time() + config.exec_timeout if config.exec_timeout else None, "exec_timeout",
-            started + config.write_timeout if config.write_timeout else None, "write_timeout",
-        )
+        run_deadline, run_reason = self.run_deadline(started)
         timer = None
         if run_deadline is not None:
             timer = loop.call_at(run_deadline, _expire, ended, proc, run_reason)
@@ -228,14 +225,10 @@ class Executor:
                 proc.close_stdin()
             else:
                 # While the client sends, the earlier of its deadline and the run's.
-                waiting, reason = _earliest(
-                    run_deadline, run_reason,
-                    started + config.read_timeout if config.read_timeout else None,
-                    "read_timeout",
-                )
+                waiting, reason = self.read_deadline(started, run_deadline, run_reason)
                 try:
                     async with asyncio.timeout_at(waiting):
-                        if not await self._feed(proc, body):
+                        if not await self.feed(proc, body):
                             proc.stop("body_too_large")
                             return self._too_large()
                 except TimeoutError:
@@ -243,13 +236,67 @@ class Executor:
             expired = await ended
             if expired is not None:
                 return self._stopped(proc, expired)
-            return self._answer(await proc.wait())  # finished: no wait
+            return self.answer(await proc.wait())  # finished: no wait
         finally:
             if timer is not None:
                 timer.cancel()
             # Also on cancellation, when the client hung up: end the group.
             if not proc.finished:
                 proc.stop("disconnect")
+
+    async def launch(
+        self,
+        env: Mapping[str, str],
+        body: Body,
+        on_gone: Callable[[], None] | None = None,
+        keep_slot: bool = False,
+        *,
+        argv: Sequence[str] | None = None,
+        combine_output: bool | None = None,
+        streaming: bool = False,
+    ) -> FunctionProcess | Result:
+        """Start an admitted function and track it (its slot is given back when its
+        group is gone), or the answer when it cannot start. With `streaming`, its
+        output is neither bounded nor spilled: it goes on to the client as it comes
+        (`FunctionProcess.stream_output`)."""
+        config = self._config
+        if isinstance(body, bytes) and config.max_body_bytes and len(body) > config.max_body_bytes:
+            self._give_back(on_gone, keep_slot)  # chunked: no Content-Length said so
+            return self._too_large()
+        try:
+            proc = await self.launcher.spawn(
+                config.fprocess if argv is None else argv, env,
+                combine_output=(config.combine_output if combine_output is None
+                                else combine_output),
+                max_output=UNBOUNDED if streaming else config.max_output_bytes,
+                kill_grace=config.kill_grace, nice=self._nice,
+                orphaned=lambda proc: self._orphaned(proc, on_gone, keep_slot),
+                body=body if isinstance(body, bytes) else None,
+                spill=None if streaming else self._spill,
+                leave_background=config.background == "leave")
+        except SpawnError as exc:
+            self._give_back(on_gone, keep_slot)
+            log.error("cannot start function: %s", exc.strerror)
+            return Result.text(500, f"Failed to start function: {exc.strerror}")
+        self._track(proc, on_gone, keep_slot)
+        return proc
+
+    def run_deadline(self, started: float) -> tuple[float | None, str]:
+        """When a function started now for a request that arrived at `started` is
+        stopped (on the loop's clock; None: never), and why."""
+        config = self._config
+        return _earliest(
+            asyncio.get_running_loop().time() + config.exec_timeout
+            if config.exec_timeout else None, "exec_timeout",
+            started + config.write_timeout if config.write_timeout else None, "write_timeout",
+        )
+
+    def read_deadline(self, started: float, run_deadline: float | None,
+                      run_reason: str) -> tuple[float | None, str]:
+        """While the body arrives: the earlier of read_timeout and the run's deadline."""
+        read_timeout = self._config.read_timeout
+        return _earliest(run_deadline, run_reason,
+                         started + read_timeout if read_timeout else None, "read_timeout")
 
     def rejected(self) -> Result:
         """The 429, made from parts kept between calls: shedding load is the one
@@ -281,7 +328,7 @@ class Executor:
 
     # --- inside ---------------------------------------------------------------------
 
-    async def _feed(self, proc: FunctionProcess, body: AsyncIterator[bytes]) -> bool:
+    async def feed(self, proc: FunctionProcess, body: AsyncIterator[bytes]) -> bool:
         """Copy the body to stdin with backpressure; False when it passes the limit."""
         limit = self._config.max_body_bytes
         received = 0
@@ -325,7 +372,9 @@ class Executor:
         status, message = STOPS[reason]
         return Result.text(status, message)
 
-    def _answer(self, exit: Exit) -> Result:
+    def answer(self, exit: Exit) -> Result:
+        """The answer to a function's end: its output (200), 500 with its exit
+        status, or the reason the gateway stopped it."""
         if exit.stopped_for is not None:
             status, message = STOPS[exit.stopped_for]
             return Result.text(status, message)

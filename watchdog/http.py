@@ -95,10 +95,11 @@ class BodyError(Exception):
 class Response:
     """`body` is sent as it is; `stream`, when given, instead, with `content_length`
     (None: unknown, sent chunked to HTTP/1.1, delimited by the close to HTTP/1.0, each
-    piece as it comes). `on_sent` is called once the answer has left, or cannot leave
-    any more."""
+    piece as it comes). To HEAD, a `content_length` given with no stream is the size
+    announced. `on_sent` is called once the answer has left, or cannot leave any more."""
 
-    __slots__ = ("body", "close", "content_length", "headers", "on_sent", "status", "stream")
+    __slots__ = ("body", "close", "content_length", "headers", "more_headers", "on_sent",
+                 "status", "stream")
 
     def __init__(
         self,
@@ -110,10 +111,13 @@ class Response:
         content_length: int | None = 0,
         close: bool = False,
         on_sent: Callable[[], None] | None = None,
+        more_headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.status = status
         self.body = body
         self.headers = headers if headers is not None else {}
+        # Fields a dict cannot hold: a repeated one that must not be joined (Set-Cookie).
+        self.more_headers = more_headers
         self.stream = stream
         self.content_length = content_length
         self.close = close
@@ -123,6 +127,11 @@ class Response:
     def text(cls, status: int, text: str, **headers: str) -> Response:
         return cls(status, [text.encode()],
                    {"Content-Type": "text/plain; charset=utf-8", **headers})
+
+
+class AnswerCutOff(Exception):
+    """Raised by a response's stream to end the answer without the end of its body
+    (no last chunk; the connection is reset), so that the client sees it incomplete."""
 
 
 def gateway_error() -> Response:
@@ -482,8 +491,12 @@ class Connection(asyncio.Protocol):
             # Answered before the body: a client still holding it back for a 100 is
             # not waited for, and much of it (or an unknown rest) is not read.
             self._closing = True
-        size = (sum(map(len, response.body)) if response.stream is None
-                else response.content_length)
+        if response.stream is not None:
+            size = response.content_length
+        elif request.method == "HEAD" and response.content_length:
+            size = response.content_length  # what a GET would get, announced only
+        else:
+            size = sum(map(len, response.body))
         if size is None and request.version == "1.0":
             self._closing = True  # no chunks in HTTP/1.0: the close ends the body
         head = self._head(request, response, size)
@@ -526,7 +539,7 @@ class Connection(asyncio.Protocol):
                     self._transport.write(b"0\r\n\r\n")
         except ConnectionError:
             return
-        except TimeoutError:
+        except (TimeoutError, AnswerCutOff):
             self.abort()
             return
         except Exception:
@@ -604,8 +617,12 @@ class Connection(asyncio.Protocol):
         for name, value in response.headers.items():
             # As request headers were decoded: an echoed value goes back byte for byte.
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        for name, value in response.more_headers:
+            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         # Go sends no length with an empty answer to HEAD (it cannot know the size).
-        if size is None:
+        if status < 200 or status in (204, 304):
+            length = b""  # RFC 9110: no length there (a 304's would be the file's)
+        elif size is None:
             length = b"Transfer-Encoding: chunked\r\n" if request.version != "1.0" else b""
         else:
             length = (b"Content-Length: %d\r\n" % size if size or request.method != "HEAD"

@@ -71,7 +71,7 @@ def script_command(root: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ModeChoice:
-    mode: str  # classic | oscar
+    mode: str  # classic | oscar | of-watchdog's: http, streaming, serializing, static
     reason: str  # for the start-up line
     pod: bool  # OSCAR started the gateway: the manager authenticates, scripts get its env
     supervisor: tuple[str, ...]  # what to hand over to (empty: nothing)
@@ -79,7 +79,7 @@ class ModeChoice:
 
 def choose_mode(setting: str, fprocess: tuple[str, ...] | None, root: str,
                 is_dir: Callable[[str], bool] = os.path.isdir) -> ModeChoice:
-    """`setting` is auto, classic or oscar. OSCAR's pod is recognised by what OSCAR
+    """`setting` is auto or a mode (config.MODES). OSCAR's pod is recognised by what OSCAR
     always sets: `fprocess` is its supervisor and its ConfigMap is mounted."""
     supervisor = is_supervisor(fprocess, root)
     folder = config_dir(root)
@@ -88,8 +88,8 @@ def choose_mode(setting: str, fprocess: tuple[str, ...] | None, root: str,
         if supervisor:
             reason += "; fprocess (OSCAR's supervisor) is forked for each request"
         return ModeChoice("classic", reason, False, ())
-    if setting == "http":
-        return ModeChoice("http", "mode is set to http", False, ())
+    if setting in ("http", "streaming", "serializing", "static"):  # of-watchdog's
+        return ModeChoice(setting, f"mode is set to {setting}", False, ())
     if setting == "oscar":
         if supervisor:
             assert fprocess is not None

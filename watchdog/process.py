@@ -23,6 +23,7 @@ Knows nothing of HTTP. The mechanism, and why:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import fcntl
@@ -43,6 +44,12 @@ log = logging.getLogger("watchdog")
 # writing before the response is sent without it and the group is swept.
 STRAY_OUTPUT_GRACE = 0.1
 READ_SIZE = 256 * 1024
+# A streamed function's output left in its pipe when its group is swept is read
+# up to this much (the largest a pipe grows to unprivileged, fs.pipe-max-size): a
+# writer that left the group cannot keep the gateway reading.
+PIPE_DRAIN_CAP = 2**20
+# The pipes of a streamed function (its stdin and stdout), in bytes.
+STREAM_PIPE_SIZE = 2**20
 
 # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
 # exec: give the function the defaults, as subprocess's restore_signals does.
@@ -222,6 +229,73 @@ class SpilledOutput:
         self.close()
 
 
+class OutputStream:
+    """A function's stdout as it is written (streaming mode). At most about
+    `high_water` bytes are held: past it the pipe is not read, the function blocks
+    on its writes, and a client that reads slowly slows the function down instead
+    of growing the gateway's memory."""
+
+    __slots__ = ("_chunks", "_ended", "_high_water", "_loop", "_resume", "_size", "_waiter",
+                 "sent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int,
+                 resume: Callable[[], None]) -> None:
+        self._loop = loop
+        self._high_water = high_water
+        self._resume = resume
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._ended = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.sent = 0  # bytes taken out so far
+
+    @property
+    def ended(self) -> bool:
+        """No more output: the pipe is closed (what is held may remain)."""
+        return self._ended
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self._high_water
+
+    def push(self, data: bytes) -> bool:
+        """Hold `data`; False once the stream is full (holds `high_water` or more)."""
+        self._chunks.append(data)
+        self._size += len(data)
+        self._wake()
+        return self._size < self._high_water
+
+    def end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    async def ready(self) -> None:
+        """Until some output is held, or there will be none."""
+        if not self._chunks and not self._ended:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def take(self) -> bytes:
+        """What is held, joined (b"" if nothing); reading resumes below high water."""
+        if not self._chunks:
+            return b""
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        was_full = self._size >= self._high_water
+        self._size = 0
+        self.sent += len(data)
+        if was_full and not self._ended:
+            self._resume()
+        return data
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
 class EpollReadiness:
     """Every function's descriptors in one epoll set, which the loop watches as a
     single reader. Two descriptors a request come and go (stdout and the pidfd):
@@ -261,8 +335,9 @@ class FunctionProcess:
     """One running function. Created by `spawn`; ends in `Exit` once reaped."""
 
     __slots__ = ("_callbacks", "_exit", "_exit_time", "_kill_grace", "_leave", "_loop",
-                 "_max_output", "_output", "_output_size", "_overflowed", "_pidfd",
-                 "_readiness", "_reaped", "_spill", "_spilled", "_started", "_status",
+                 "_max_output", "_output", "_output_size", "_overflowed", "_paused", "_pidfd",
+                 "_readiness", "_reaped", "_sink", "_spill", "_spilled", "_started",
+                 "_status",
                  "_stdin_fd", "_stdout_fd", "_stopped_for", "_timers", "_writable", "fed",
                  "pid")
 
@@ -294,6 +369,8 @@ class FunctionProcess:
         self._overflowed = False
         self._spill = spill
         self._spilled: SpilledOutput | None = None
+        self._sink: OutputStream | None = None  # streaming mode: the output goes there
+        self._paused = False  # the sink is full: stdout is not watched
         self._stopped_for: str | None = None
         # (code, signal, core dumped), once the leader has exited.
         self._status: tuple[int | None, int | None, bool] | None = None
@@ -390,6 +467,32 @@ class FunctionProcess:
         await asyncio.shield(self._reaped)
         assert self._exit is not None
         return self._exit
+
+    def stream_output(self, high_water: int) -> OutputStream:
+        """From now on its output goes to the stream returned, as it comes (with
+        backpressure), and is not kept in its Exit. What was read already is in it."""
+        sink = OutputStream(self._loop, high_water, self._resume_output)
+        for fd in (self._stdin_fd, self._stdout_fd):
+            if fd >= 0:
+                # Larger pipes: a quarter of the turns of the loop a MiB streamed
+                # takes with the 64 KiB default (up to fs.pipe-max-size, unprivileged).
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STREAM_PIPE_SIZE)
+        if self._exit is not None:  # all read: hand it over as it was kept
+            for held in self._exit.output:
+                sink.push(held)
+            self._exit.output = []
+            sink.end()
+            return sink
+        for held in self._output:
+            sink.push(held)
+        self._output = []
+        self._sink = sink
+        if self._stdout_fd < 0:
+            sink.end()
+        elif sink.full:
+            self._pause_output()
+        return sink
 
     def add_done_callback(self, callback: Callable[[Exit], None]) -> None:
         if self._exit is not None:
@@ -513,6 +616,8 @@ class FunctionProcess:
 
     def _on_output(self) -> bool:
         """Read once; True if something was read and more may follow."""
+        if self._paused:
+            return False
         try:
             data = os.read(self._stdout_fd, READ_SIZE)
         except BlockingIOError:
@@ -525,6 +630,11 @@ class FunctionProcess:
                 self._finish()
             return False
         self._output_size += len(data)
+        if self._sink is not None:
+            if self._sink.push(data):
+                return True
+            self._pause_output()
+            return False
         if self._output_size > self._max_output:
             self._overflowed = True
             self._output = []
@@ -563,8 +673,39 @@ class FunctionProcess:
     def _close_stdout(self) -> None:
         if self._stdout_fd >= 0:
             fd, self._stdout_fd = self._stdout_fd, -1
-            self._readiness.remove(fd)
+            if not self._paused:
+                self._readiness.remove(fd)
+            self._paused = False
             os.close(fd)
+        if self._sink is not None:
+            self._sink.end()
+
+    def _pause_output(self) -> None:
+        if not self._paused and self._stdout_fd >= 0:
+            self._readiness.remove(self._stdout_fd)
+            self._paused = True
+
+    def _resume_output(self) -> None:
+        if self._paused and self._stdout_fd >= 0:
+            self._paused = False
+            self._readiness.add(self._stdout_fd, self._on_output)
+
+    def _drain_into_sink(self) -> None:
+        """Read what is left in the pipe, past the high water (bounded: the pipe's
+        content, PIPE_DRAIN_CAP at most), so that a function that ended while its
+        client read slowly still has all its output sent."""
+        assert self._sink is not None
+        drained = 0
+        while self._stdout_fd >= 0 and drained < PIPE_DRAIN_CAP:
+            try:
+                data = os.read(self._stdout_fd, min(READ_SIZE, PIPE_DRAIN_CAP - drained))
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            drained += len(data)
+            self._output_size += len(data)
+            self._sink.push(data)
 
     async def _wait_writable(self) -> None:
         fd = self._stdin_fd

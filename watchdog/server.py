@@ -15,19 +15,27 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from watchdog import cgi, sniff
 from watchdog.config import Config
 from watchdog.executor import Body, Executor, Result
-from watchdog.http import BodyError, HttpServer, Outcome, Request, Response, default_max_connections
+from watchdog.http import (
+    AnswerCutOff,
+    BodyError,
+    HttpServer,
+    Outcome,
+    Request,
+    Response,
+    default_max_connections,
+)
 from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import CONTENT_TYPE, Metrics, Registry, SharedRegistry
 
 if TYPE_CHECKING:  # imported by their modes only (Watchdog.__init__): not at every start
-    from watchdog import oscar, oscar_pod, upstream
+    from watchdog import oscar, oscar_pod, static, upstream
 
 log = logging.getLogger("watchdog")
 
@@ -95,6 +103,22 @@ class Watchdog:
 
             self.upstream = upstream.Upstream(config, self.executor, self.environ,
                                               self._upstream_exited)
+        # of-watchdog's modes that fork per request: every method, every path.
+        self.forking: Invoke | None = None
+        if config.mode == "streaming":
+            from watchdog import streaming
+
+            self.forking = streaming.StreamingInvoker(self.executor).invoke
+        elif config.mode == "serializing":
+            from watchdog import serializing
+
+            self.forking = serializing.SerializingInvoker(
+                self.executor, config.content_type).invoke
+        self.static: static.StaticFiles | None = None
+        if config.mode == "static":
+            from watchdog import static
+
+            self.static = static.StaticFiles(config.static_path)
         self.access_log = AccessLog(config.log_level)
         self.accepting = False
         self.exit_status = 0  # of the process: 1 when the upstream server died
@@ -212,9 +236,9 @@ class Watchdog:
         if self._metrics_http is not None:  # the last listener closed, as it was opened
             await self._metrics_http.shutdown(WRITE_OUT_GRACE)
             self._metrics_http = None
-        await self.executor.stop()  # functions of clients that hung up, and orphans
         if self.upstream is not None:
-            await self.upstream.stop()
+            await self.upstream.stop()  # before the reaper's last sweep of what is left
+        await self.executor.stop()  # functions of clients that hung up, and orphans
         if self.oscar is not None:
             await self.oscar.removals.wait()  # workspaces of the last calls
         self._remove_lock()
@@ -237,6 +261,10 @@ class Watchdog:
                 return self._ready(request)
         if self.upstream is not None:
             return self._proxy(request)
+        if self.forking is not None:  # every method, as of-watchdog forks for all
+            return self._invoke(request, self.forking)
+        if self.static is not None:
+            return self._invoke(request, self._static_files(request))
         if self.oscar is None:
             return self._function(request)
         if path == "/":
@@ -268,6 +296,34 @@ class Watchdog:
                                     body, has_body, started)
 
         return self._invoke(request, forward)
+
+    def _static_files(self, request: Request) -> Invoke:
+        """static mode: a file (or a folder's page), within the limit while it is sent."""
+        files = self.static
+        executor = self.executor
+        assert files is not None
+
+        async def serve(_: Mapping[str, str], body: Body, started: float) -> Result:
+            refused = executor.admit()
+            if refused is not None:
+                return refused
+            try:
+                result = files.serve(request.method, request.path, request.header)
+            except BaseException:
+                executor.withdraw()
+                raise
+            closing = result.cleanup
+
+            def sent() -> None:
+                try:
+                    if closing is not None:
+                        closing()
+                finally:
+                    executor.withdraw()
+            result.cleanup = sent
+            return result
+
+        return serve
 
     def _upstream_exited(self, reason: str) -> None:
         log.error("the function's server ended: stopping, as of-watchdog does",
@@ -342,7 +398,7 @@ class Watchdog:
                 # A bug of ours must not take the gateway down, nor go unanswered.
                 log.exception("request failed")
                 result = Result.text(500, "Gateway error: see the gateway's log.")
-            return self._answer(request, result, time.perf_counter() - began)
+            return self._answer(request, result, began)
         finally:
             try:
                 if result is not None and result.cleanup is not None:
@@ -352,28 +408,50 @@ class Watchdog:
                 if not self._requests:
                     self._idle.set()
 
-    def _answer(self, request: Request, result: Result, duration: float) -> Response:
+    def _answer(self, request: Request, result: Result, began: float) -> Response:
         headers = result.headers
-        if result.exit is not None:  # the function's output, timed and typed as by Go
-            if result.status == 200:
-                headers["X-Duration-Seconds"] = f"{duration:f}"
-            if "Content-Type" not in headers:
-                content_type = self._content_type(request, result)
-                if content_type:
-                    headers["Content-Type"] = content_type
-        self._account(request, result.status, duration, result)
+        duration = time.perf_counter() - began
+        if result.exit is not None and result.status == 200:  # timed as by Go
+            headers["X-Duration-Seconds"] = f"{duration:f}"
+        if (result.exit is not None or result.live) and "Content-Type" not in headers:
+            content_type = self._content_type(request, result)
+            if content_type:
+                headers["Content-Type"] = content_type
         if result.stream is None:
-            return Response(result.status, result.body, headers)
+            self._account(request, result.status, duration, result)
+            return Response(result.status, result.body, headers,
+                            content_length=result.content_length or 0,
+                            more_headers=result.more_headers)
         # Made while it is sent, from what the cleanup would remove: the cleanup
         # waits for the answer to have left.
         on_sent, result.cleanup = result.cleanup, None
-        return Response(result.status, headers=headers, stream=result.stream,
-                        content_length=result.content_length, on_sent=on_sent)
+        stream = result.stream
+        if result.live:
+            # Its run ends after the head: counted (and logged with its exit) then.
+            stream = _cut_off_when_incomplete(stream)
+            on_sent = self._account_when_sent(request, result, began, on_sent)
+        else:
+            self._account(request, result.status, duration, result)
+        return Response(result.status, headers=headers, stream=stream,
+                        content_length=result.content_length, on_sent=on_sent,
+                        more_headers=result.more_headers)
+
+    def _account_when_sent(self, request: Request, result: Result, began: float,
+                           then: Callable[[], None] | None) -> Callable[[], None]:
+        def sent() -> None:
+            try:
+                if then is not None:
+                    then()
+            finally:
+                self._account(request, result.status, time.perf_counter() - began, result)
+        return sent
 
     async def _body(self, request: Request, started: float) -> Body | Result:
         body = request.body
         config = self.config
-        if not config.marshal_request or self.oscar is not None:
+        whole = (config.buffer_http if self.upstream is not None
+                 else config.marshal_request and self.oscar is None)
+        if not whole or (body.complete and self.upstream is not None):
             # Most bodies have all arrived with the head: hand them over whole.
             return body.take() if body.complete else body.chunks()
         cap = config.max_body_bytes or MARSHAL_BODY_CAP
@@ -384,14 +462,18 @@ class Watchdog:
                 async for chunk in body.chunks():
                     raw += chunk
                     if len(raw) > cap:
+                        holder = "buffer_http" if self.upstream is not None else \
+                            "marshal_request"
                         return Result.text(413, f"Request body larger than {cap} bytes "
-                                           "(marshal_request holds the whole body).")
+                                           f"({holder} holds the whole body).")
         except TimeoutError:
             return Result.text(408, "Request body not received within read_timeout.")
+        if self.upstream is not None:
+            return bytes(raw)
         return cgi.marshal_request(request.headers, bytes(raw))
 
-    def _environment(self, request: Request) -> Mapping[str, str]:
-        if not self.config.cgi_headers or self.upstream is not None:
+    def _environment(self, request: Request, path: str | None = None) -> Mapping[str, str]:
+        if not self.config.cgi_headers or self.upstream is not None or self.static is not None:
             return self.environ
         transfer_encoding = request.header("transfer-encoding")
         content_length = request.content_length
@@ -404,7 +486,7 @@ class Watchdog:
         return cgi.function_environment(
             self.environ,
             method=request.method,
-            path=request.path,
+            path=request.path if path is None else path,
             raw_query=request.query,
             host=request.host,
             headers=headers,
@@ -456,7 +538,7 @@ class Watchdog:
             return Response.text(200, "OK")
         return Response(503)
 
-    def _ready(self, request: Request) -> Response:
+    def _ready(self, request: Request) -> Outcome:
         """GET and HEAD (the Go watchdog has no such path: its function gets it)."""
         if request.method not in ("GET", "HEAD"):
             return Response(405, headers={"Allow": "GET, HEAD"})
@@ -464,7 +546,30 @@ class Watchdog:
             return Response(503)
         if self.limiter.at_capacity:
             return Response(429)
+        if self.config.ready_path and self.oscar is None and self.static is None:
+            return self._ask_function(request)
         return Response.text(200, "OK")
+
+    async def _ask_function(self, request: Request) -> Response:
+        """ready_path, as of-watchdog asks it: the function's own answer to GET
+        ready_path is the readiness (taking a slot while it runs, so that probes
+        never run beyond the limit; neither counted nor logged as a request)."""
+        assert self._loop is not None
+        started = self._loop.time()
+        path = self.config.ready_path
+        if self.upstream is not None:
+            result = await self.upstream.forward("GET", path, request.headers, request.host,
+                                                 b"", False, started)
+        else:
+            invoke = self.forking or self.executor.invoke
+            result = await invoke(self._environment(request, path), b"", started)
+        try:
+            if result.stream is not None:  # only its status: the rest is not awaited
+                return Response(result.status, headers=result.headers)
+            return Response(result.status, result.body, result.headers)
+        finally:
+            if result.cleanup is not None:
+                result.cleanup()
 
     def _metrics(self, request: Request) -> Response:
         """The metrics port: GET and HEAD /metrics, nothing else (not logged, not
@@ -502,6 +607,21 @@ class Watchdog:
         if not self.config.suppress_lock:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.config.lock_path)
+
+
+def _cut_off_when_incomplete(
+        stream: Callable[[], AsyncIterator[bytes]]) -> Callable[[], AsyncIterator[bytes]]:
+    """A live output whose function failed after the head: the HTTP layer ends the
+    answer without the end of its body, as the client must see it."""
+    from watchdog.streaming import OutputIncomplete
+
+    async def pieces() -> AsyncIterator[bytes]:
+        try:
+            async for piece in stream():
+                yield piece
+        except OutputIncomplete as exc:
+            raise AnswerCutOff(str(exc)) from exc
+    return pieces
 
 
 def _bearer_matches(authorization: str | None, token: str) -> bool:

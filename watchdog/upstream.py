@@ -125,6 +125,7 @@ class Upstream:
                 *command, env=self._environ, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True)  # its own group: stopped whole
+            self._executor.owned.add(self._process.pid)  # reaped by asyncio, not the reaper
             assert self._process.stdout is not None
             assert self._process.stderr is not None
             self._tasks += [asyncio.create_task(self._relay(self._process.stdout, "stdout")),
@@ -169,6 +170,8 @@ class Upstream:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
+        if process is not None:
+            self._executor.owned.discard(process.pid)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -234,25 +237,30 @@ class Upstream:
         length: int | None = None
         answer_headers: dict[str, str] = {
             "X-Duration-Seconds": f"{asyncio.get_running_loop().time() - started:f}"}
+        cookies: list[tuple[str, str]] = []
         for name, value in answer.headers:
             lower = name.lower()
             if lower == "content-length":
                 length = int(value) if value.isdigit() else None
+            elif lower == "set-cookie":
+                cookies.append((name, value))  # each on its own line (RFC 6265)
             elif lower not in HOP_BY_HOP:
-                # A repeated field joined, as a proxy may (Set-Cookie excepted: RFC 6265).
-                if name in answer_headers and lower != "set-cookie":
+                # A repeated field joined, as a proxy may (RFC 9110, 5.3).
+                if name in answer_headers:
                     answer_headers[name] += ", " + value
                 else:
-                    answer_headers.setdefault(name, value)
+                    answer_headers[name] = value
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             self._done(connection, parser, answer)
             executor.withdraw()
-            return Result(status, [], answer_headers)
+            # To HEAD, the length a GET would get, as the server said it.
+            return Result(status, [], answer_headers, content_length=length,
+                          more_headers=cookies)
         if answer.complete:
             body_pieces = answer.pieces
             self._done(connection, parser, answer)
             executor.withdraw()
-            return Result(status, body_pieces, answer_headers)
+            return Result(status, body_pieces, answer_headers, more_headers=cookies)
         sent = False
 
         def released() -> None:
@@ -266,7 +274,7 @@ class Upstream:
 
         return Result(status, [], answer_headers,
                       stream=lambda: self._rest(connection, parser, answer, deadline),
-                      content_length=length, cleanup=released)
+                      content_length=length, cleanup=released, more_headers=cookies)
 
     async def _rest(self, connection: _Connection, parser: httptools.HttpResponseParser,
                     answer: _Answer, deadline: float | None) -> AsyncIterator[bytes]:

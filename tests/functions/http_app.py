@@ -34,6 +34,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def cookies(request: web.Request) -> web.Response:
+    response = web.Response(text="two cookies\n")
+    response.headers.add("Set-Cookie", "a=1; Path=/")
+    response.headers.add("Set-Cookie", "b=2; Path=/")
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """ready_path: not ready while the file $NOT_READY exists."""
+    if os.path.exists(os.environ.get("NOT_READY", "/nonexistent")):
+        return web.Response(status=503, text="warming up\n")
+    return web.Response(text="ready from the server\n")
+
+
 async def die(request: web.Request) -> web.Response:
     print("dying now", flush=True)
     os._exit(3)
@@ -44,6 +58,8 @@ def main() -> None:
     app.router.add_route("*", "/slow", slow)
     app.router.add_route("GET", "/events", events)
     app.router.add_route("POST", "/die", die)
+    app.router.add_get("/cookies", cookies)  # and HEAD
+    app.router.add_route("GET", "/healthz", healthz)
     app.router.add_route("*", "/{tail:.*}", echo)
     print("upstream up", json.dumps(sys.argv[1:]), file=sys.stderr, flush=True)
     # argv[2]: how long an idle connection is kept (gunicorn's default is 2 s).

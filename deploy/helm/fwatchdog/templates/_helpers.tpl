@@ -37,6 +37,9 @@ serviceToken is not in it: it goes through a Secret, as a file.
 mode: WATCHDOG_MODE
 fprocess: WATCHDOG_FPROCESS
 upstreamUrl: WATCHDOG_UPSTREAM_URL
+bufferHttp: WATCHDOG_BUFFER_HTTP
+readyPath: WATCHDOG_READY_PATH
+staticPath: WATCHDOG_STATIC_PATH
 port: WATCHDOG_PORT
 bindAddress: WATCHDOG_BIND_ADDRESS
 metricsPort: WATCHDOG_METRICS_PORT
