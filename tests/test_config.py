@@ -201,7 +201,7 @@ def test_any_text_in_a_go_variable_starts_and_warns_exactly_when_strict_refuses(
     assert {s.variables[-1] for s in GO_READ} == {
         "port", "read_timeout", "write_timeout", "exec_timeout", "healthcheck_interval",
         "max_inflight", "write_debug", "combine_output", "marshal_request", "cgi_headers",
-        "suppress_lock", "buffer_http"}
+        "suppress_lock", "buffer_http", "prefix_logs", "log_callid"}
     for setting in GO_READ:
         env = {**BASE, setting.variables[-1]: text}
         try:

@@ -4,6 +4,7 @@ by the gateway or beside it, behind the gateway's limit."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -227,3 +228,84 @@ async def test_a_wsgi_application_under_a_real_wsgi_server(gateway: StartGateway
                 assert r.status == 200
                 assert await r.json() == {"method": "POST", "path": f"/wsgi/{i}",
                                           "query": f"q={i}", "body": "form"}
+
+
+@pytest.mark.parametrize(("settings", "line"), [
+    ({}, 'msg="upstream up [\\"{port}\\"]" upstream=stderr'),  # a log line of the gateway's
+    ({"prefix_logs": "false"}, '\nupstream up ["{port}"]\n'),  # as the server wrote it
+    ({"log_buffer_size": "16"}, None),  # longer than that: dropped
+])
+async def test_the_servers_output_in_the_log_as_of_watchdogs_options_say(
+        gateway: StartGateway, settings: dict[str, str], line: str | None) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port, **settings))
+    async with aiohttp.ClientSession() as session, session.get(
+            gw.url + "/x", headers={"X-Call-Id": "c-42"}) as r:
+        assert r.status == 200
+    gw.stop()
+    log = gw.log()
+    if line is None:
+        assert "upstream up" not in log
+    else:
+        assert line.format(port=port) in log
+    assert "call_id=" not in log  # log_callid is off by default
+
+
+async def test_log_callid_puts_the_call_id_in_the_access_line(gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port, log_callid="true"))
+    async with aiohttp.ClientSession() as session:
+        for headers in ({"X-Call-Id": "c-42"}, {}):
+            async with session.get(gw.url + "/x", headers=headers) as r:
+                assert r.status == 200
+    gw.stop()
+    log = gw.log()
+    assert "path=/x status=200" in log
+    assert " call_id=c-42\n" in log
+    assert " call_id=none\n" in log
+
+
+async def test_a_websocket_passes_through_within_the_limit(gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port, max_inflight="1"))
+    big = os.urandom(3 * 2**20)  # more than the tunnel holds at once: backpressure
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(gw.url + "/ws", max_msg_size=2**24) as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive_str(timeout=10)) == "echo: hello"
+            await ws.send_bytes(big)
+            assert (await ws.receive_bytes(timeout=20)) == big
+            async with session.get(gw.url + "/x") as r:
+                assert r.status == 429  # the open WebSocket holds the one slot
+        # Closed: its slot is given back.
+        for _ in range(100):
+            async with session.get(gw.url + "/x") as r:
+                if r.status == 200:
+                    break
+            await asyncio.sleep(0.05)
+        assert r.status == 200
+
+
+async def test_exec_timeout_ends_a_websocket(gateway: StartGateway) -> None:
+    port = free_port()
+    gw = gateway([*APP, str(port)], env=http_env(port, exec_timeout="1s"))
+    async with aiohttp.ClientSession() as session, session.ws_connect(gw.url + "/ws") as ws:
+        await ws.send_str("early")
+        assert (await ws.receive_str(timeout=5)) == "echo: early"
+        # Closed by the gateway at the deadline (else this wait times out).
+        message = await ws.receive(timeout=10)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR)
+
+
+async def test_a_server_slow_to_start_is_waited_for_before_the_port_opens(
+        gateway: StartGateway) -> None:
+    port = free_port()
+    began = time.monotonic()
+    gw = gateway([*APP, str(port), "75", "1.5"], env=http_env(port))
+    assert time.monotonic() - began >= 1.5  # listening only once the server accepts
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.url + "/_/ready") as r:
+            assert r.status == 200
+        async with session.get(gw.url + "/first") as r:
+            assert r.status == 200  # never a 502 for a server still starting

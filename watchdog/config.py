@@ -345,6 +345,11 @@ def go_port(text: str) -> int | None:
     return port
 
 
+def go_parse_bool_or_true(text: str) -> bool:
+    """of-watchdog's prefix_logs: strconv.ParseBool, and true when it fails."""
+    return text not in ("0", "f", "F", "false", "FALSE", "False")
+
+
 def go_bool(text: str) -> bool:
     """parseBoolValue: true is exactly `true`; any other word is false."""
     return text == "true"
@@ -411,6 +416,17 @@ SETTINGS: tuple[Setting, ...] = (
             "when the gateway is ready, GET /_/ready is answered by the function at this "
             "path (http mode: the server; forking modes: a run with Http_Path set to it), "
             "within the limit; empty: the gateway answers alone"),
+    Setting("prefix_logs", ("WATCHDOG_PREFIX_LOGS", "prefix_logs"), "true", parse_bool, BOOL,
+            "http mode: the server's output lines become the gateway's log lines, with "
+            "its time stamp and upstream=stdout|stderr (false: written to stderr as they "
+            "are, for a server that logs JSON)", go=go_parse_bool_or_true),
+    Setting("log_buffer_size", ("WATCHDOG_LOG_BUFFER_SIZE", "log_buffer_size"), "64Ki",
+            parse_size, SIZE,
+            "http mode: the longest line of the server's output relayed (a longer one is "
+            "dropped)"),
+    Setting("log_callid", ("WATCHDOG_LOG_CALLID", "log_callid"), "false", parse_bool, BOOL,
+            "the access line carries call_id= the request's X-Call-Id (none without one), "
+            "as OpenFaaS' gateway sets it", go=go_bool),
     Setting("static_path", ("WATCHDOG_STATIC_PATH", "static_path"), "/home/app/public",
             parse_root, "an absolute path",
             "static mode: the folder served (index.html for a folder, else its listing)"),
@@ -555,6 +571,9 @@ class Config:
     upstream_url: str
     buffer_http: bool
     ready_path: str
+    prefix_logs: bool
+    log_buffer_size: int
+    log_callid: bool
     static_path: str
     port: int
     bind_address: str

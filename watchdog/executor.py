@@ -59,6 +59,9 @@ class Result:
     live: bool = False
     # Repeated fields not to be joined (an upstream's Set-Cookie), after `headers`.
     more_headers: Sequence[tuple[str, str]] = ()
+    # A 101: the connection the client's bytes go to and come from (its reader, its
+    # writer, and what it sent after its head), until either side ends.
+    tunnel: tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None = None
 
     @classmethod
     def text(cls, status: int, message: str, **headers: str) -> Result:

@@ -49,6 +49,9 @@ DROP_AT_MOST = 256 * 1024
 # ...after reading and dropping for this long at most, so that the client reads the
 # answer instead of a reset. Also how long a closing connection may take to flush.
 LINGER = 5.0
+# A tunnel (a WebSocket after its 101): the client's bytes held for the other end
+# before the client is read no more, until they have gone on.
+TUNNEL_HIGH_WATER = 256 * 1024
 # Descriptors kept for what is not a client connection: listeners, the log, the
 # metrics port, health probes, and each running function's pipes and pidfd.
 RESERVED_DESCRIPTORS = 64
@@ -99,7 +102,7 @@ class Response:
     announced. `on_sent` is called once the answer has left, or cannot leave any more."""
 
     __slots__ = ("body", "close", "content_length", "headers", "more_headers", "on_sent",
-                 "status", "stream")
+                 "status", "stream", "tunnel")
 
     def __init__(
         self,
@@ -112,12 +115,15 @@ class Response:
         close: bool = False,
         on_sent: Callable[[], None] | None = None,
         more_headers: Sequence[tuple[str, str]] = (),
+        tunnel: tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None = None,
     ) -> None:
         self.status = status
         self.body = body
         self.headers = headers if headers is not None else {}
         # Fields a dict cannot hold: a repeated one that must not be joined (Set-Cookie).
         self.more_headers = more_headers
+        # A 101's other end: after the head, the connection's bytes go there and back.
+        self.tunnel = tunnel
         self.stream = stream
         self.content_length = content_length
         self.close = close
@@ -280,7 +286,8 @@ class Connection(asyncio.Protocol):
     # idle connections is a footprint target, bench/suite.py --only footprint).
     __slots__ = ("_active", "_answered", "_broken", "_closing", "_deadline", "_discarding",
                  "_drained", "_draining", "_dropping", "_framer", "_parsing", "_queue",
-                 "_reading", "_server", "_task", "_transport", "_write_paused", "loop")
+                 "_reading", "_server", "_task", "_transport", "_tunnel", "_write_paused",
+                 "loop")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -301,6 +308,7 @@ class Connection(asyncio.Protocol):
         self._draining = False  # the gateway is shutting down: requests queued get 503
         self._discarding = False  # answered and closing: what comes is not parsed
         self._dropping = 0  # refused: bytes still read (and dropped) before closing
+        self._tunnel: asyncio.StreamWriter | None = None  # after a 101: where bytes go
 
     # --- transport events -------------------------------------------------------------
 
@@ -329,6 +337,9 @@ class Connection(asyncio.Protocol):
             self._drained.set_exception(gone)
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._to_tunnel(self._tunnel, data)
+            return
         if self._discarding:
             self._discard(data)
             return
@@ -421,8 +432,8 @@ class Connection(asyncio.Protocol):
     def update_reading(self) -> None:
         """Read unless a body is held above its high-water mark or requests queue up."""
         transport = self._transport
-        if transport is None or self._broken:
-            return
+        if transport is None or self._broken or self._tunnel is not None:
+            return  # a tunnel's reading follows its other end (_to_tunnel)
         parsing = self._parsing
         # Backed-up answers stop only new requests, not the body of the current one.
         want = (not self._queue and not (self._write_paused and self._active is None)
@@ -481,6 +492,10 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             self._sent(response)
+            return
+        if response.tunnel is not None:
+            self._task = self.loop.create_task(self._splice(request, response))
+            self._task.add_done_callback(lambda _: self._sent(response))
             return
         if response.close or not request.keep_alive:
             self._closing = True
@@ -554,6 +569,59 @@ class Connection(asyncio.Protocol):
         # call a client sends right after it must not find the limit still taken.
         self._sent(response)
         self._done(request)
+
+    async def _splice(self, request: Request, response: Response) -> None:
+        """After a 101: the client's bytes to the other end and back, with backpressure
+        both ways, until either side ends (then both are closed)."""
+        assert response.tunnel is not None
+        reader, writer, early = response.tunnel
+        lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        for name, value in (*response.headers.items(), *response.more_headers):
+            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        lines.append(b"\r\n")
+        self.write(b"".join(lines) + early)
+        self._disarm()  # no idle deadline in a tunnel: the mode's own (exec_timeout)
+        self._framer.stop()
+        self._tunnel = writer
+        if not self._reading and self._transport is not None:
+            self._reading = True
+            self._transport.resume_reading()
+        try:
+            while self._transport is not None:
+                data = await reader.read(TUNNEL_HIGH_WATER)
+                if not data:
+                    break
+                self._transport.write(data)
+                if self._write_paused:
+                    self._drained = self.loop.create_future()
+                    await self._drained
+        except ConnectionError:
+            pass
+        finally:
+            self._tunnel = None
+            self._task = None
+            self._drained = None
+            writer.close()
+            if self._transport is not None:
+                self._transport.close()
+
+    def _to_tunnel(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if writer.is_closing():
+            return
+        writer.write(data)
+        if (writer.transport.get_write_buffer_size() > TUNNEL_HIGH_WATER and self._reading
+                and self._transport is not None):
+            self._reading = False
+            self._transport.pause_reading()
+            self.loop.create_task(self._read_again(writer))
+
+    async def _read_again(self, writer: asyncio.StreamWriter) -> None:
+        """Once the other end has taken what the client sent, read the client again."""
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        if self._tunnel is writer and self._transport is not None and not self._reading:
+            self._reading = True
+            self._transport.resume_reading()
 
     def _done(self, request: Request) -> None:
         """The answer is written: on to the next request once this one's body is in."""

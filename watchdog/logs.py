@@ -81,7 +81,7 @@ class AccessLog:
         self._summary: asyncio.TimerHandle | None = None
 
     def request(self, method: str, path: str, status: int, duration: float, inflight: int,
-                exit_status: str) -> None:
+                exit_status: str, call_id: str | None = None) -> None:
         if not self.enabled:
             return
         if status == 429 and not self._each_rejection:
@@ -91,7 +91,8 @@ class AccessLog:
             return
         self._add(f"{self._timestamp()} level=info msg=request method={_quote(method)} "
                   f"path={_quote(path)} status={status} duration={duration:.6f} "
-                  f"inflight={inflight} exit_status={exit_status}\n")
+                  f"inflight={inflight} exit_status={exit_status}"
+                  f"{'' if call_id is None else ' call_id=' + _quote(call_id)}\n")
 
     def flush(self) -> None:
         if self._summary is not None:

@@ -290,10 +290,14 @@ class Watchdog:
         if not target.startswith("/"):
             target = _quoted(request.path) + ("?" + request.query if request.query else "")
         has_body = bool(request.content_length or request.chunked)
+        # A WebSocket (or another protocol) asked for: the server's 101 hands it over.
+        upgrade = request.header("upgrade")
+        if upgrade is not None and "upgrade" not in (request.header("connection") or "").lower():
+            upgrade = None
 
         def forward(_: Mapping[str, str], body: Body, started: float) -> Awaitable[Result]:
             return upstream.forward(request.method, target, request.headers, request.host,
-                                    body, has_body, started)
+                                    body, has_body, started, upgrade)
 
         return self._invoke(request, forward)
 
@@ -419,9 +423,13 @@ class Watchdog:
                 headers["Content-Type"] = content_type
         if result.stream is None:
             self._account(request, result.status, duration, result)
+            tunnel_ended = None
+            if result.tunnel is not None:  # its slot and connection: until it ends
+                tunnel_ended, result.cleanup = result.cleanup, None
             return Response(result.status, result.body, headers,
                             content_length=result.content_length or 0,
-                            more_headers=result.more_headers)
+                            more_headers=result.more_headers, tunnel=result.tunnel,
+                            on_sent=tunnel_ended)
         # Made while it is sent, from what the cleanup would remove: the cleanup
         # waits for the answer to have left.
         on_sent, result.cleanup = result.cleanup, None
@@ -501,7 +509,9 @@ class Watchdog:
             exit = result.exit if result is not None else None
             self.access_log.request(request.method, request.path, status, duration,
                                     self.limiter.inflight,
-                                    exit.status_label if exit is not None else "-")
+                                    exit.status_label if exit is not None else "-",
+                                    (request.header("x-call-id") or "none")
+                                    if self.config.log_callid else None)
 
     def _expect(self, request: Request) -> Response | None:
         """`Expect: 100-continue`, once the request is admitted: the body is invited

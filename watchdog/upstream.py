@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import httptools
@@ -54,7 +55,8 @@ class UpstreamError(Exception):
 class _Answer:
     """httptools' callbacks for one response: the head, then body pieces."""
 
-    __slots__ = ("closes", "complete", "framed", "head_done", "headers", "pieces", "size")
+    __slots__ = ("closes", "complete", "framed", "head_done", "headers", "pieces", "size",
+                 "upgraded")
 
     def __init__(self) -> None:
         self.headers: list[tuple[str, str]] = []
@@ -66,6 +68,7 @@ class _Answer:
         self.complete = False
         self.pieces: list[bytes] = []
         self.size = 0
+        self.upgraded: bytes | None = None  # a 101's: what came after its head
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.size += len(name) + len(value)
@@ -124,7 +127,8 @@ class Upstream:
             self._process = await asyncio.create_subprocess_exec(
                 *command, env=self._environ, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True)  # its own group: stopped whole
+                start_new_session=True,  # its own group: stopped whole
+                limit=self._config.log_buffer_size)  # the longest line relayed
             self._executor.owned.add(self._process.pid)  # reaped by asyncio, not the reaper
             assert self._process.stdout is not None
             assert self._process.stderr is not None
@@ -186,6 +190,10 @@ class Upstream:
                 continue
             if not line:
                 return
+            if not self._config.prefix_logs:  # as it came: a JSON line stays JSON
+                sys.stderr.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+                sys.stderr.buffer.flush()
+                continue
             log.info(line.rstrip(b"\n").decode("utf-8", "replace"),
                      extra={FIELDS: {"upstream": name}})
 
@@ -198,9 +206,13 @@ class Upstream:
     # --- a request ---------------------------------------------------------------
 
     async def forward(self, method: str, target: str, headers: Sequence[tuple[str, str]],
-                      host: str, body: Body, has_body: bool, started: float) -> Result:
+                      host: str, body: Body, has_body: bool, started: float,
+                      upgrade: str | None = None) -> Result:
         """The upstream's answer to one request, within exec_timeout of `started`
-        (504 past it); its body streamed. The slot is held until it is sent."""
+        (504 past it); its body streamed. The slot is held until it is sent. With
+        `upgrade` (the request's Upgrade, a WebSocket's), the request asks for it on
+        a connection of its own, and a 101 hands that connection over to the client
+        (`Result.tunnel`), within exec_timeout too, holding its slot until it ends."""
         rejected = self._executor.admit()
         if rejected is not None:
             return rejected
@@ -210,8 +222,9 @@ class Upstream:
         connection: _Connection | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                connection = await self._take()
-                await self._send(connection, method, target, headers, host, body, has_body)
+                connection = await (self._connect() if upgrade else self._take())
+                await self._send(connection, method, target, headers, host, body, has_body,
+                                 upgrade)
                 answer, parser = await self._head(connection)
         except TimeoutError:
             if connection is not None:
@@ -250,6 +263,8 @@ class Upstream:
                     answer_headers[name] += ", " + value
                 else:
                     answer_headers[name] = value
+        if status == 101 and upgrade and answer.upgraded is not None:
+            return self._tunnel(connection, answer, answer_headers, cookies, deadline)
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             self._done(connection, parser, answer)
             executor.withdraw()
@@ -275,6 +290,32 @@ class Upstream:
         return Result(status, [], answer_headers,
                       stream=lambda: self._rest(connection, parser, answer, deadline),
                       content_length=length, cleanup=released, more_headers=cookies)
+
+    def _tunnel(self, connection: _Connection, answer: _Answer, headers: dict[str, str],
+                cookies: list[tuple[str, str]], deadline: float | None) -> Result:
+        """A 101: the connection goes to the client as it is, until either side ends
+        it or exec_timeout passes (then it is closed, as of-watchdog's context ends
+        its upgraded connections)."""
+        executor = self._executor
+        for name, value in answer.headers:
+            if name.lower() in ("upgrade", "connection"):
+                headers[name] = value
+        headers.pop("X-Duration-Seconds", None)
+        timer = (asyncio.get_running_loop().call_at(deadline, connection.close)
+                 if deadline is not None else None)
+        ended = False
+
+        def released() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                if timer is not None:
+                    timer.cancel()
+                connection.close()
+                executor.withdraw()
+
+        return Result(101, [], headers, more_headers=cookies, cleanup=released,
+                      tunnel=(connection.reader, connection.writer, answer.upgraded or b""))
 
     async def _rest(self, connection: _Connection, parser: httptools.HttpResponseParser,
                     answer: _Answer, deadline: float | None) -> AsyncIterator[bytes]:
@@ -325,8 +366,10 @@ class Upstream:
 
     async def _send(self, connection: _Connection, method: str, target: str,
                     headers: Sequence[tuple[str, str]], host: str, body: Body,
-                    has_body: bool) -> None:
+                    has_body: bool, upgrade: str | None = None) -> None:
         lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {host}\r\n"]
+        if upgrade:  # hop by hop: asked again of the next hop
+            lines.append(f"Connection: Upgrade\r\nUpgrade: {upgrade}\r\n")
         for name, value in headers:
             lower = name.lower()
             if lower not in HOP_BY_HOP and lower != "host":
@@ -356,5 +399,8 @@ class Upstream:
             data = await connection.reader.read(READ_SIZE)
             if not data:
                 raise UpstreamError("the upstream closed the connection without an answer")
-            parser.feed_data(data)
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:  # 101: the other protocol's
+                answer.upgraded = data[upgrade.args[0]:]
         return answer, parser

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from aiohttp import web
 
@@ -48,6 +49,18 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ready from the server\n")
 
 
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket echo: each message back as it came."""
+    ws = web.WebSocketResponse(max_msg_size=2**24)
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT:
+            await ws.send_str("echo: " + message.data)
+        elif message.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+    return ws
+
+
 async def die(request: web.Request) -> web.Response:
     print("dying now", flush=True)
     os._exit(3)
@@ -59,11 +72,15 @@ def main() -> None:
     app.router.add_route("GET", "/events", events)
     app.router.add_route("POST", "/die", die)
     app.router.add_get("/cookies", cookies)  # and HEAD
+    app.router.add_get("/ws", websocket)
     app.router.add_route("GET", "/healthz", healthz)
     app.router.add_route("*", "/{tail:.*}", echo)
     print("upstream up", json.dumps(sys.argv[1:]), file=sys.stderr, flush=True)
     # argv[2]: how long an idle connection is kept (gunicorn's default is 2 s).
     keepalive = float(sys.argv[2]) if len(sys.argv) > 2 else 75.0
+    # argv[3]: seconds before it listens (a server slow to start, loading a model).
+    if len(sys.argv) > 3:
+        time.sleep(float(sys.argv[3]))
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None,
                 keepalive_timeout=keepalive)
 
