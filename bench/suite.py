@@ -552,7 +552,8 @@ class Suite:
             for binary in self.args.against:
                 measure(f"--against {binary} (mode=streaming)",
                         lambda command, binary=binary: foreign_watchdog(  # type: ignore[misc]
-                            binary, self.folder, command, mode="streaming"))
+                            binary, self.folder, command, mode="streaming",
+                            healthcheck_interval="1s"))  # else it drains for write_timeout
         lines = [
             f"{size // 2**20} MiB through `cat`, sent while the answer is read (HTTP/1.0, "
             f"raw socket); first byte: `echo first; sleep 0.3`, median of {first_rounds}. "
