@@ -39,6 +39,15 @@ def gone(gw: Gateway, within: float = 10.0) -> bool:
     return True
 
 
+def logged(gw: Gateway, text: str, within: float = 10.0) -> str:
+    """The gateway's log once it holds `text` (it fails the test if it never does)."""
+    deadline = time.monotonic() + within
+    while text not in (log := gw.log()):
+        assert time.monotonic() < deadline, f"{text!r} never logged:\n{log}"
+        time.sleep(0.02)
+    return log
+
+
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -88,10 +97,11 @@ async def test_streaming_cuts_off_the_answer_of_a_function_that_fails_after_writ
         assert r.status == 200  # the head had left before the failure
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()  # no last chunk: the client knows it is incomplete
-    log = gw.log()
+    # The access line, written once the answer has gone (a moment after the client
+    # saw it cut off).
+    log = await asyncio.to_thread(logged, gw, "exit_status=3")
     assert "the answer is cut off" in log
     assert "exit=3" in log
-    assert "exit_status=3" in log  # the access line, written once it was sent
     text = await scrape(gw)
     assert metric(text, 'http_requests_total{code="200",method="get"}') == 1
 

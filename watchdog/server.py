@@ -15,10 +15,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any
 
-from watchdog import cgi, sniff
+from watchdog import cgi, modes, sniff
 from watchdog.config import Config
 from watchdog.executor import Body, Executor, Result
 from watchdog.http import (
@@ -34,16 +34,9 @@ from watchdog.limiter import Limiter, SharedSlots
 from watchdog.logs import FIELDS, AccessLog
 from watchdog.metrics import CONTENT_TYPE, Metrics, Registry, SharedRegistry
 
-if TYPE_CHECKING:  # imported by their modes only (Watchdog.__init__): not at every start
-    from watchdog import oscar, oscar_pod, static, upstream
-
 log = logging.getLogger("watchdog")
 
-# A mode's invocation: (environment, body, start time) -> the answer.
-Invoke = Callable[[Mapping[str, str], Body, float], Awaitable[Result]]
-
-# The methods forked for, as the Go watchdog (which answers 405 to the rest).
-FUNCTION_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH"})
+Invoke = modes.Invoke
 # Client closed the connection before the answer (nginx's convention), for
 # metrics and logs only: nobody receives it.
 CLIENT_CLOSED = 499
@@ -87,38 +80,10 @@ class Watchdog:
         self.metrics = Metrics(registry, max_inflight=config.max_inflight,
                                inflight=lambda: self.limiter.inflight)
         self.executor = Executor(config, self.limiter, self.metrics)
-        self.oscar: oscar.OscarInvoker | None = None
-        self.service: oscar_pod.ServiceDefinition | None = None
-        if config.mode == "oscar":
-            from watchdog import oscar, oscar_pod
-
-            self.environ = oscar.script_environment(self.environ, pod=config.oscar_pod)
-            workspaces = os.path.dirname(config.lock_path)
-            self.service = oscar_pod.ServiceDefinition(
-                config.oscar_root, environ, workspaces, own_script=config.oscar_defaults)
-            self.oscar = oscar.OscarInvoker(config, self.executor, workspaces, self.service)
-        self.upstream: upstream.Upstream | None = None
-        if config.mode == "http":
-            from watchdog import upstream
-
-            self.upstream = upstream.Upstream(config, self.executor, self.environ,
-                                              self._upstream_exited)
-        # of-watchdog's modes that fork per request: every method, every path.
-        self.forking: Invoke | None = None
-        if config.mode == "streaming":
-            from watchdog import streaming
-
-            self.forking = streaming.StreamingInvoker(self.executor).invoke
-        elif config.mode == "serializing":
-            from watchdog import serializing
-
-            self.forking = serializing.SerializingInvoker(
-                self.executor, config.content_type).invoke
-        self.static: static.StaticFiles | None = None
-        if config.mode == "static":
-            from watchdog import static
-
-            self.static = static.StaticFiles(config.static_path)
+        # The mode: what a request becomes (watchdog.modes), the rest being shared.
+        self.mode = modes.make(config, self.executor, self.environ, environ,
+                               self._upstream_exited)
+        self.environ = dict(self.mode.function_environment(self.environ))
         self.access_log = AccessLog(config.log_level)
         self.accepting = False
         self.exit_status = 0  # of the process: 1 when the upstream server died
@@ -164,8 +129,7 @@ class Watchdog:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_shutdown)
         self.executor.start()
-        if self.upstream is not None:
-            await self.upstream.start()  # before the ports: not ready until it accepts
+        await self.mode.start()  # before the ports: http mode's server accepts first
         # The idle deadline also runs from a connection's start until a request's
         # head is complete: it bounds a client that sends its headers a byte at a
         # time (as Go's http.Server uses ReadTimeout for idle connections).
@@ -236,14 +200,9 @@ class Watchdog:
         if self._metrics_http is not None:  # the last listener closed, as it was opened
             await self._metrics_http.shutdown(WRITE_OUT_GRACE)
             self._metrics_http = None
-        if self.upstream is not None:
-            await self.upstream.stop()  # before the reaper's last sweep of what is left
         await self.executor.stop()  # functions of clients that hung up, and orphans
-        if self.oscar is not None:
-            await self.oscar.removals.wait()  # workspaces of the last calls
+        await self.mode.stop()  # its server, its workspaces
         self._remove_lock()
-        if self.service is not None:
-            self.service.close()
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -259,75 +218,12 @@ class Watchdog:
                 return self._health(request)
             if path == "/_/ready":
                 return self._ready(request)
-        if self.upstream is not None:
-            return self._proxy(request)
-        if self.forking is not None:  # every method, as of-watchdog forks for all
-            return self._invoke(request, self.forking)
-        if self.static is not None:
-            return self._invoke(request, self._static_files(request))
-        if self.oscar is None:
-            return self._function(request)
-        if path == "/":
-            return self._oscar_run(request, None)
-        if path.startswith("/run/") and "/" not in path[5:]:
-            return self._oscar_run(request, path[5:])
-        return self._refuse(request, Response.text(
-            404, "OSCAR mode serves POST /run/<service> and POST /.\n"))
-
-    def _function(self, request: Request) -> Outcome:
-        """Classic mode: every path, the body as the function's stdin."""
-        if request.method not in FUNCTION_METHODS:
-            return self._refuse(request, Response(
-                405, headers={"Allow": ", ".join(sorted(FUNCTION_METHODS))}))
-        return self._invoke(request, self.executor.invoke)
-
-    def _proxy(self, request: Request) -> Outcome:
-        """http mode: every method and path, forwarded to the server."""
-        upstream = self.upstream
-        assert upstream is not None
-        # As it came (percent-escapes kept); an absolute-form one in origin form.
-        target = request.target
-        if not target.startswith("/"):
-            target = _quoted(request.path) + ("?" + request.query if request.query else "")
-        has_body = bool(request.content_length or request.chunked)
-        # A WebSocket (or another protocol) asked for: the server's 101 hands it over.
-        upgrade = request.header("upgrade")
-        if upgrade is not None and "upgrade" not in (request.header("connection") or "").lower():
-            upgrade = None
-
-        def forward(_: Mapping[str, str], body: Body, started: float) -> Awaitable[Result]:
-            return upstream.forward(request.method, target, request.headers, request.host,
-                                    body, has_body, started, upgrade)
-
-        return self._invoke(request, forward)
-
-    def _static_files(self, request: Request) -> Invoke:
-        """static mode: a file (or a folder's page), within the limit while it is sent."""
-        files = self.static
-        executor = self.executor
-        assert files is not None
-
-        async def serve(_: Mapping[str, str], body: Body, started: float) -> Result:
-            refused = executor.admit()
-            if refused is not None:
-                return refused
-            try:
-                result = files.serve(request.method, request.path, request.header)
-            except BaseException:
-                executor.withdraw()
-                raise
-            closing = result.cleanup
-
-            def sent() -> None:
-                try:
-                    if closing is not None:
-                        closing()
-                finally:
-                    executor.withdraw()
-            result.cleanup = sent
-            return result
-
-        return serve
+        routed = self.mode.route(request)
+        if isinstance(routed, modes.Refusal):
+            headers = dict(routed.headers)
+            return self._refuse(request, Response.text(routed.status, routed.text, **headers)
+                                if routed.text else Response(routed.status, headers=headers))
+        return self._invoke(request, routed)
 
     def _upstream_exited(self, reason: str) -> None:
         log.error("the function's server ended: stopping, as of-watchdog does",
@@ -335,21 +231,6 @@ class Watchdog:
         self.exit_status = 1
         self._hurry.set()
         self.request_shutdown()
-
-    def _oscar_run(self, request: Request, service: str | None) -> Outcome:
-        """OSCAR mode: POST /run/<service> (and POST /, what the platform forwards)."""
-        config = self.config
-        if request.method != "POST":
-            return self._refuse(request, Response(405, headers={"Allow": "POST"}))
-        if config.check_token and not _bearer_matches(
-                _text(request.header("authorization")), config.service_token):
-            return self._refuse(request, Response.text(
-                401, "Missing or invalid service token.\n",
-                **{"WWW-Authenticate": 'Bearer realm="oscar"'}))
-        if service is not None and config.service_name and service != config.service_name:
-            return self._refuse(request, Response.text(404, f"No service {service!r} here.\n"))
-        assert self.oscar is not None
-        return self._invoke(request, self.oscar.invoke)
 
     def _refuse(self, request: Request, response: Response) -> Response:
         self._account(request, response.status, 0.0, None)
@@ -457,9 +338,8 @@ class Watchdog:
     async def _body(self, request: Request, started: float) -> Body | Result:
         body = request.body
         config = self.config
-        whole = (config.buffer_http if self.upstream is not None
-                 else config.marshal_request and self.oscar is None)
-        if not whole or (body.complete and self.upstream is not None):
+        holder = self.mode.holds_body  # marshal_request, buffer_http, or None
+        if holder is None or (body.complete and holder == "buffer_http"):
             # Most bodies have all arrived with the head: hand them over whole.
             return body.take() if body.complete else body.chunks()
         cap = config.max_body_bytes or MARSHAL_BODY_CAP
@@ -470,27 +350,22 @@ class Watchdog:
                 async for chunk in body.chunks():
                     raw += chunk
                     if len(raw) > cap:
-                        holder = "buffer_http" if self.upstream is not None else \
-                            "marshal_request"
                         return Result.text(413, f"Request body larger than {cap} bytes "
                                            f"({holder} holds the whole body).")
         except TimeoutError:
             return Result.text(408, "Request body not received within read_timeout.")
-        if self.upstream is not None:
+        if holder == "buffer_http":
             return bytes(raw)
         return cgi.marshal_request(request.headers, bytes(raw))
 
     def _environment(self, request: Request, path: str | None = None) -> Mapping[str, str]:
-        if not self.config.cgi_headers or self.upstream is not None or self.static is not None:
+        if not self.config.cgi_headers or not self.mode.forks:
             return self.environ
         transfer_encoding = request.header("transfer-encoding")
         content_length = request.content_length
         if content_length is None:
             content_length = -1 if transfer_encoding else 0
-        headers: Iterable[tuple[str, str]] = request.headers
-        if self.oscar is not None and self.oscar.strips_credentials:
-            # Outside OSCAR's pod the service token is the gateway's, not the script's.
-            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        headers = self.mode.environment_headers(request.headers)
         return cgi.function_environment(
             self.environ,
             method=request.method,
@@ -556,23 +431,18 @@ class Watchdog:
             return Response(503)
         if self.limiter.at_capacity:
             return Response(429)
-        if self.config.ready_path and self.oscar is None and self.static is None:
-            return self._ask_function(request)
+        path = self.config.ready_path
+        check = self.mode.ready(request, path) if path else None
+        if check is not None:
+            return self._ask_function(request, check, path)
         return Response.text(200, "OK")
 
-    async def _ask_function(self, request: Request) -> Response:
+    async def _ask_function(self, request: Request, check: Invoke, path: str) -> Response:
         """ready_path, as of-watchdog asks it: the function's own answer to GET
         ready_path is the readiness (taking a slot while it runs, so that probes
         never run beyond the limit; neither counted nor logged as a request)."""
         assert self._loop is not None
-        started = self._loop.time()
-        path = self.config.ready_path
-        if self.upstream is not None:
-            result = await self.upstream.forward("GET", path, request.headers, request.host,
-                                                 b"", False, started)
-        else:
-            invoke = self.forking or self.executor.invoke
-            result = await invoke(self._environment(request, path), b"", started)
+        result = await check(self._environment(request, path), b"", self._loop.time())
         try:
             if result.stream is not None:  # only its status: the rest is not awaited
                 return Response(result.status, headers=result.headers)
@@ -634,27 +504,10 @@ def _cut_off_when_incomplete(
     return pieces
 
 
-def _bearer_matches(authorization: str | None, token: str) -> bool:
-    from watchdog.oscar import bearer_matches  # loaded with OSCAR mode: a lookup
-
-    return bearer_matches(authorization, token)
 
 
-def _quoted(path: str) -> str:
-    from urllib.parse import quote  # absolute-form targets only: rare
-
-    return quote(path, safe="/:@!$&'()*+,;=-._~", errors="surrogateescape")
 
 
-def _text(value: str | None) -> str | None:
-    """A header's value if it was UTF-8, else None (a header that cannot match)."""
-    if value is None:
-        return None
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # surrogate escapes of bytes that were not UTF-8
-        return None
-    return value
 
 
 class ListenError(OSError):
