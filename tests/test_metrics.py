@@ -62,7 +62,8 @@ def test_the_exposition_word_for_word() -> None:
     families = [line.split()[2] for line in lines if line.startswith("# TYPE")]
     assert families == ["http_request_duration_seconds", "http_requests_in_flight",
                         "http_requests_total", "watchdog_function_duration_seconds",
-                        "watchdog_max_inflight", "watchdog_rejected_requests_total"]
+                        "watchdog_max_inflight", "watchdog_queue_depth",
+                        "watchdog_queue_wait_seconds", "watchdog_rejected_requests_total"]
     assert "http_requests_in_flight 2" in lines
     assert "watchdog_max_inflight 4" in lines
     assert "watchdog_rejected_requests_total 1" in lines

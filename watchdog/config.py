@@ -454,6 +454,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_inflight", ("WATCHDOG_MAX_INFLIGHT", "max_inflight"), "0", parse_count,
             COUNT + " (0: no limit)",
             "most functions running at once; more requests get 429 at once", go=go_count),
+    Setting("max_queue", ("WATCHDOG_MAX_QUEUE",), "0", parse_count, COUNT + " (0: no queue)",
+            "requests over max_inflight that wait for a slot, first come first served, "
+            "instead of a 429 (beyond them: 429 at once, as without a queue); one worker "
+            "only"),
+    Setting("queue_timeout", ("WATCHDOG_QUEUE_TIMEOUT",), "10s", parse_duration,
+            DURATION + " (0: as long as it takes)",
+            "longest wait in the queue; then 429 (the wait counts in write_timeout)"),
     Setting("max_connections", ("WATCHDOG_MAX_CONNECTIONS",), "0", parse_count,
             COUNT + " (0: from RLIMIT_NOFILE)",
             "most client connections open at once, per worker; at the cap the longest "
@@ -583,6 +590,8 @@ class Config:
     write_timeout: float
     exec_timeout: float
     max_inflight: int
+    max_queue: int
+    queue_timeout: float
     max_connections: int
     healthcheck_interval: float
     write_debug: bool
@@ -712,6 +721,11 @@ class Config:
             LegacyValue(setting.variables[-1], raw, _shown(values[setting.field]) + how,
                         setting.accepted)
             for setting, raw, how in legacy)
+        if values["max_queue"] and values["workers"] > 1:
+            name = SETTINGS_BY_FIELD["workers"].variables[0]
+            raise ConfigError(name, str(values["workers"]), "1 with max_queue",
+                              f"{name}={values['workers']}: the wait queue (max_queue) "
+                              "serves one worker; set one or the other")
         if values["workers"] > 1:
             for field in ("port", "metrics_port"):
                 if values[field] == 0:

@@ -19,6 +19,7 @@ from watchdog.launcher import Launcher
 from watchdog.limiter import Limiter
 from watchdog.metrics import Metrics
 from watchdog.process import Exit, FunctionProcess, OrphanReaper, SpawnError, Spill
+from watchdog.waitqueue import GRANTED
 
 log = logging.getLogger("watchdog")
 
@@ -101,7 +102,7 @@ class Executor:
         self._metrics = metrics
         self._reject_body = [b"Concurrent request limit exceeded. Max concurrent requests: "
                              b"%d\n" % config.max_inflight]
-        self._reject_key = (-1, -1)
+        self._reject_key: tuple[int, int, str] = (-1, -1, "")
         self._reject_headers: dict[str, str] = {}
         self.live: dict[int, FunctionProcess] = {}  # by pid
         # Functions run this much nicer than the gateway, which keeps the CPU it
@@ -141,7 +142,11 @@ class Executor:
         return None
 
     def admit(self) -> Result | None:
-        """Take a slot (None), or the 429 to answer at once."""
+        """Take a slot (None), or the 429 to answer at once. A slot the wait queue
+        handed to this task is taken instead (watchdog.waitqueue.GRANTED)."""
+        if GRANTED.get():
+            GRANTED.set(False)
+            return None
         if self._limiter.try_acquire():
             return None
         return self.rejected()
@@ -301,13 +306,14 @@ class Executor:
         return _earliest(run_deadline, run_reason,
                          started + read_timeout if read_timeout else None, "read_timeout")
 
-    def rejected(self) -> Result:
+    def rejected(self, reason: str = "max_inflight", waiting: int = 0) -> Result:
         """The 429, made from parts kept between calls: shedding load is the one
         thing that must stay cheap when everything else is busy. Its headers are
-        shared: copy them before changing them."""
-        self._metrics.rejected.inc()
+        shared: copy them before changing them. `reason` and `waiting` are the wait
+        queue's (max_queue): why, and how many wait ahead (for Retry-After)."""
+        self._metrics.observe_rejection(reason)
         limiter = self._limiter
-        key = (limiter.retry_after(), limiter.inflight)
+        key = (limiter.retry_after(waiting), limiter.inflight, reason)
         if key != self._reject_key:  # changes rarely while saturated
             self._reject_key = key
             self._reject_headers = {
@@ -317,7 +323,15 @@ class Executor:
                 "X-Watchdog-Inflight": str(key[1]),
                 "X-Watchdog-Max-Inflight": str(limiter.limit),
             }
-        return Result(429, self._reject_body, self._reject_headers)
+            if reason != "max_inflight":
+                self._reject_headers["X-Watchdog-Rejected"] = reason
+        body = self._reject_body
+        if reason == "queue_full":
+            body = [body[0].rstrip(b"\n") + b", and the wait queue is full (max_queue %d)\n"
+                    % self._config.max_queue]
+        elif reason == "queue_timeout":
+            body = [body[0].rstrip(b"\n") + b"; waited queue_timeout for a slot\n"]
+        return Result(429, body, self._reject_headers)
 
     def stop_all(self, reason: str) -> None:
         """Stop every function, and those whose start is underway once they exist."""

@@ -8,6 +8,7 @@ group is gone. With several workers, the slots are a semaphore they share.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ class Limiter:
         self.limit = limit  # 0: no limit
         self.mine = 0  # slots this process holds
         self._mean_duration = 0.0
+        # The wait queue's: given a slot being released, True if it handed it to a
+        # waiter (the count stays), False to free it.
+        self.hand_over: Callable[[], bool] | None = None
 
     @property
     def inflight(self) -> int:
@@ -39,17 +43,20 @@ class Limiter:
     def release(self, duration: float | None = None) -> None:
         if self.mine <= 0:
             raise RuntimeError("release() without a matching acquire")
-        self.mine -= 1
+        if self.hand_over is None or not self.hand_over():
+            self.mine -= 1
         if duration is not None:
             if self._mean_duration == 0.0:
                 self._mean_duration = duration
             else:
                 self._mean_duration += self._ALPHA * (duration - self._mean_duration)
 
-    def retry_after(self) -> int:
+    def retry_after(self, waiting: int = 0) -> int:
         """Whole seconds a rejected caller should wait: by then, on recent form, a
-        running function has finished and freed its slot."""
-        return max(1, math.ceil(self._mean_duration))
+        running function has finished and freed its slot (and the `waiting` ahead
+        of it have had theirs: waiting x run time / slots)."""
+        slots = self.limit or 1
+        return max(1, math.ceil(self._mean_duration * (1 + waiting / slots)))
 
 
 class SharedLimiter(Limiter):

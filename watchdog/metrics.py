@@ -337,6 +337,17 @@ class Metrics:
             "watchdog_rejected_requests_total",
             "Requests answered 429 because max_inflight functions were running.",
             registry=registry)
+        # The wait queue (max_queue): why requests were turned away, how many wait
+        # now (set by the queue), how long those served waited.
+        self.rejections = Counter(
+            "watchdog_rejections_total",
+            "Requests answered 429 (503 at shutdown), by reason: max_inflight (no queue), "
+            "queue_full, queue_timeout, shutdown.", ["reason"], registry=registry)
+        self.queue_depth = Gauge(
+            "watchdog_queue_depth", "Requests waiting for a slot now.", registry=registry)
+        self._queue_wait = Histogram(
+            "watchdog_queue_wait_seconds", "Seconds requests waited in the queue.",
+            [], buckets=FUNCTION_BUCKETS, registry=registry).labels()
         self.function_duration = Histogram(
             "watchdog_function_duration_seconds",
             "Run time of the function process, by exit status (a code or a signal name).",
@@ -344,6 +355,7 @@ class Metrics:
         # Label lookups cost a tuple and a dict: keep the children we have made.
         self._request_children: dict[tuple[int, str], tuple[CounterChild, HistogramChild]] = {}
         self._function_children: dict[str, HistogramChild] = {}
+        self._rejection_children: dict[str, CounterChild] = {}
 
     def observe_request(self, code: int, method: str, seconds: float) -> None:
         # Any token is a method a client may send: as Go's promhttp, those outside
@@ -356,6 +368,16 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def observe_rejection(self, reason: str) -> None:
+        self.rejected.inc()
+        child = self._rejection_children.get(reason)
+        if child is None:
+            child = self._rejection_children[reason] = self.rejections.labels(reason)
+        child.inc()
 
     def observe_function(self, exit_status: str, seconds: float) -> None:
         child = self._function_children.get(exit_status)

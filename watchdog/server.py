@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
-from watchdog import cgi, modes, sniff
+from watchdog import cgi, modes, sniff, waitqueue
 from watchdog.config import Config
 from watchdog.executor import Body, Executor, Result
 from watchdog.http import (
@@ -84,6 +84,9 @@ class Watchdog:
         self.mode = modes.make(config, self.executor, self.environ, environ,
                                self._upstream_exited)
         self.environ = dict(self.mode.function_environment(self.environ))
+        # Over the limit, a request waits here for a slot (max_queue), else gets 429.
+        self.queue = (waitqueue.WaitQueue(self.limiter, config.max_queue, config.queue_timeout)
+                      if config.max_queue else None)
         self.access_log = AccessLog(config.log_level)
         self.accepting = False
         self.exit_status = 0  # of the process: 1 when the upstream server died
@@ -169,6 +172,8 @@ class Watchdog:
         config = self.config
         self.accepting = False
         self._remove_lock()
+        if self.queue is not None:
+            self.queue.close()  # who waits for a slot gets its 503 now
         waits = config.healthcheck_interval > 0 or self._requests > 0
         log.info("shutting down", extra={FIELDS: {
             "healthcheck_interval": config.healthcheck_interval,
@@ -242,10 +247,18 @@ class Watchdog:
         began = time.perf_counter()
         executor = self.executor
         result: Result | None
+        queue = self.queue
         if self.limiter.at_capacity:
-            result = executor.rejected()  # at once: no env, no body, no fork
+            if queue is None:
+                result = executor.rejected()  # at once: no env, no body, no fork
+            elif not queue.has_room:
+                result = executor.rejected("queue_full", queue.depth)
+            else:
+                result = executor.reject_body_size(request.content_length)
         else:
             result = executor.reject_body_size(request.content_length)
+        if result is None and queue is not None:
+            return self._take_slot_then_run(request, invoke, began)
         if result is not None:
             # Not invited to send its body, a client holding it back for a 100 is not
             # waited for: the HTTP layer closes the connection after this.
@@ -259,6 +272,56 @@ class Watchdog:
         # for durations.
         assert self._loop is not None
         return self._run(request, invoke, self._loop.time(), began)
+
+    async def _take_slot_then_run(self, request: Request, invoke: Invoke,
+                                  began: float) -> Response:
+        """With the queue: a slot now, else a wait for one (its body not yet
+        invited) while the queue has room, else 429; then run as any request, the
+        deadlines counting from its arrival. The slot is taken here, in the
+        request's task, so that requests of one turn of the loop are queued, not
+        refused by their invocation's admit, and a task cancelled before it ran
+        holds none."""
+        queue = self.queue
+        assert queue is not None
+        assert self._loop is not None
+        started = self._loop.time()
+        reason: str | None = None
+        if self.limiter.try_acquire():
+            waitqueue.GRANTED.set(True)  # the invocation's admit takes this slot
+        elif not queue.has_room:
+            rejected = self.executor.rejected("queue_full", queue.depth)
+            self._account(request, 429, time.perf_counter() - began, None)
+            return Response(rejected.status, rejected.body, rejected.headers)
+        else:
+            self._requests += 1  # the drain sees it, and answers it 503
+            self._idle.clear()
+            self.metrics.queue_depth.set(queue.depth + 1)
+            try:
+                reason = await queue.wait()
+            finally:
+                self.metrics.queue_depth.set(queue.depth)
+                self._requests -= 1
+                if not self._requests:
+                    self._idle.set()
+            self.metrics.observe_queue_wait(time.perf_counter() - began)
+        try:
+            if reason is not None:
+                if reason == waitqueue.SHUTDOWN:
+                    self.metrics.observe_rejection(reason)
+                    refused = Response.text(503, "Gateway shutting down: the request "
+                                            "waited for a slot and got none.\n")
+                else:
+                    rejected = self.executor.rejected(reason, queue.depth)
+                    refused = Response(rejected.status, rejected.body, rejected.headers)
+                self._account(request, refused.status, time.perf_counter() - began, None)
+                return refused
+            if request.header("expect") is not None:
+                expected = self._expect(request)
+                if expected is not None:
+                    return expected
+            return await self._run(request, invoke, started, began)
+        finally:
+            waitqueue.settle(self.limiter)  # a slot granted that nothing took
 
     async def _run(self, request: Request, invoke: Invoke, started: float,
                    began: float) -> Response:
