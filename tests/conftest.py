@@ -3,6 +3,7 @@ process, and check after every test that nothing it forked is left alive."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -182,6 +183,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def statuses_at_once(url: str, count: int) -> list[int]:
+    """The statuses of `count` GETs of `url` sent at once, each read to its end."""
+    import aiohttp  # the tests' client; not every test module needs it
+
+    async with aiohttp.ClientSession() as session:
+        async def call() -> int:
+            async with session.get(url) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(call() for _ in range(count))))
 
 
 def process_state(pid: int) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import FUNCTIONS, StartGateway, free_port
+from tests.conftest import FUNCTIONS, StartGateway, free_port, statuses_at_once
 
 APP = [sys.executable, str(FUNCTIONS / "http_app.py")]
 
@@ -77,15 +77,11 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
 async def test_the_limit_is_exact_through_the_proxy(gateway: StartGateway) -> None:
     port = free_port()
     gw = gateway([*APP, str(port)], env=http_env(port, max_inflight="2"))
-    async with aiohttp.ClientSession() as session:
-        async def call() -> int:
-            async with session.get(gw.url + "/slow?s=0.6") as r:
-                await r.read()
-                return r.status
-        statuses = await asyncio.gather(*(call() for _ in range(6)))
-        assert sorted(statuses) == [200, 200, 429, 429, 429, 429]
-        async with session.get(gw.url + "/slow?s=0") as r:  # the slots came back
-            assert r.status == 200
+    statuses = await statuses_at_once(gw.url + "/slow?s=0.6", 6)
+    assert sorted(statuses) == [200, 200, 429, 429, 429, 429]
+    async with aiohttp.ClientSession() as session, session.get(
+            gw.url + "/slow?s=0") as r:  # the slots came back
+        assert r.status == 200
 
 
 async def test_exec_timeout_answers_504_and_a_dead_server_stops_the_gateway(

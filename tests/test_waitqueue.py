@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, StartGateway
+from tests.conftest import Gateway, StartGateway, statuses_at_once
 from watchdog.config import Config, ConfigError
 
 # Notes its start in $STARTS, waits for $GO (a file the test makes), notes its end.
@@ -147,13 +147,7 @@ async def test_the_limit_stays_exact_with_waiters(gateway: StartGateway,
     script = (f'echo "+" >> {log}; sleep 0.05; echo "-" >> {log}')
     gw = gateway(["sh", "-c", script], env={"max_inflight": "2", "WATCHDOG_MAX_QUEUE": "16",
                                             "WATCHDOG_QUEUE_TIMEOUT": "30s"})
-    async with aiohttp.ClientSession() as session:
-        async def call() -> int:
-            async with session.get(gw.url + "/") as r:
-                await r.read()
-                return r.status
-
-        statuses = await asyncio.gather(*(call() for _ in range(16)))
+    statuses = await statuses_at_once(gw.url + "/", 16)
     assert statuses == [200] * 16  # none refused while the queue had room
     running = most = 0
     for mark in log.read_text().split():
