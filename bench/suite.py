@@ -24,6 +24,10 @@ Sections:
             read), its rate, the gateway's CPU a MiB and its RSS growth, and the time
             to the first byte of a function that writes, then sleeps; each --against
             binary in its mode=streaming
+  queue     a 50 ms function, max_inflight=4, offered 4x its capacity by wrk -c16
+            (closed-loop clients that retry at once): without the wait queue (today,
+            and each --against binary) and with max_queue=16: served/s, the 429
+            share, the calls a client sends per success
   footprint exec to the first 200 on /_/health, the first request against warm ones,
             idle RSS, RSS growth over many requests, RSS per 1,000 idle connections:
             the gateway from the venv and from the OSCAR bundle (`make oscar-bin`), and
@@ -75,7 +79,7 @@ from bench.common import (
 )
 
 SECTIONS = ("echo", "shed", "overload", "limit", "memory", "oscar", "footprint", "proxy",
-            "streaming")
+            "streaming", "queue")
 LIMIT = 4
 # (loop, workers, function_nice, spawn_threads): the defaults first, then one
 # setting changed at a time.
@@ -571,6 +575,43 @@ class Suite:
         return "\n".join(lines)
 
 
+    # --- queue ------------------------------------------------------------------------
+
+    def queue(self) -> str:
+        function = ["sleep", "0.05"]
+        rows: dict[str, list[Rate]] = {}
+        for _ in range(self.runs):
+            for size in ("0", "16"):
+                with gateway(self.folder, function, WATCHDOG_MAX_INFLIGHT=str(LIMIT),
+                             WATCHDOG_MAX_QUEUE=size, WATCHDOG_LOG_LEVEL="WARNING") as gw:
+                    name = ("fwatchdog, no queue" if size == "0"
+                            else f"fwatchdog, max_queue={size}")
+                    rows.setdefault(name, []).append(wrk(gw.url, self.seconds, 16))
+            for binary in self.args.against:
+                with foreign_watchdog(binary, self.folder, function, max_inflight=str(LIMIT),
+                                      healthcheck_interval="1s") as other:
+                    rows.setdefault(f"--against {binary}", []).append(
+                        wrk(other.url, self.seconds, 16))
+        medians = {name: median_rate(rates) for name, rates in rows.items()}
+        lines = [
+            f"`sleep 0.05`, max_inflight={LIMIT} (nominal capacity {LIMIT / 0.05:.0f}/s), "
+            f"wrk -t2 -c16 GET (4x the limit, each client sending again at once), "
+            f"{self.seconds:g} s x {self.runs} runs, medians. Latencies are of every "
+            "answer, 429s included.",
+            "",
+            "| what | served/s | 429 share | calls per success | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, rate in medians.items():
+            share = rate.non_2xx / rate.requests if rate.requests else math.nan
+            served = rate.rps * (1 - share)
+            per = rate.requests / (rate.requests - rate.non_2xx) if rate.requests > \
+                rate.non_2xx else math.nan
+            lines.append(f"| {name} | {served:,.1f} | {share:.1%} | {per:,.1f} | "
+                         f"{ms(rate.p50_ms)} | {ms(rate.p99_ms)} |")
+        return "\n".join(lines)
+
+
 def _bundle_staleness(bundle: Path) -> str:
     """Why the bundle's column is missing or may not be the tree's code."""
     if not bundle.exists():
@@ -642,7 +683,8 @@ TITLES = {"echo": "Echo throughput", "shed": "Shedding: 429 answers per second",
           "overload": "Overload sweep", "limit": "Choosing max_inflight", "memory": "Memory",
           "oscar": "OSCAR mode overhead", "footprint": "Footprint: cold start and memory",
           "proxy": "http mode: the proxy in front of a server",
-          "streaming": "Streaming mode: large outputs and the first byte"}
+          "streaming": "Streaming mode: large outputs and the first byte",
+          "queue": "Wait queue: the same overload with and without it"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,8 @@ def test_benchmark_suite_smoke() -> None:
     for title in ("Echo throughput", "Shedding: 429 answers per second", "Overload sweep",
                   "Memory", "OSCAR mode overhead", "Footprint: cold start and memory",
                   "http mode: the proxy in front of a server",
-                  "Streaming mode: large outputs and the first byte"):
+                  "Streaming mode: large outputs and the first byte",
+                  "Wait queue: the same overload with and without it"):
         assert f"## {title}" in out, title
 
     def rate(name: str) -> float:
@@ -51,6 +52,7 @@ def test_benchmark_suite_smoke() -> None:
         assert rate(echo_name(*configuration)) > 0
     assert rate("fwatchdog, max_inflight=4 held, workers=1 (log INFO)") > 0
     assert rate("fwatchdog mode=streaming") > 0  # MiB/s of 64 MiB through cat
+    assert rate("fwatchdog, max_queue=16") > 0  # served a second with the queue
     # CPU a request: the gateway's, its functions', all of it (numbers, not "–").
     row = next(line for line in out.splitlines()
                if line.startswith(f"| {echo_name(*ECHO_CONFIGURATIONS[0])} |"))
