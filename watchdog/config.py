@@ -186,9 +186,7 @@ OF_WATCHDOG_DEFAULTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("combine_output", "false", OF_WATCHDOG_MODES),  # stderr to the log, never the body
     ("content_type", "application/octet-stream", frozenset({"streaming", "serializing"})),
 )
-# The modes that fork for every request method (of-watchdog's); classic and oscar
-# answer 405 to the methods the Go classic watchdog does not fork for.
-EVERY_METHOD_MODES = frozenset({"streaming", "serializing"})
+
 # Where OSCAR mounts a service's script, and how its FaaS Supervisor runs it.
 OSCAR_SCRIPT = oscar_pod.script_command("/")
 CHECKS = ("auto", "true", "false")

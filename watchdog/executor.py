@@ -219,28 +219,17 @@ class Executor:
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[str | None] = loop.create_future()
         proc.add_done_callback(lambda _: _end(ended, None))
-        run_deadline, run_reason = self.run_deadline(started)
+        run_deadline, run_reason = self.run_deadline(started, loop.time())
         timer = None
         if run_deadline is not None:
             timer = loop.call_at(run_deadline, _expire, ended, proc, run_reason)
         try:
-            if isinstance(body, bytes):
-                # All here: no read deadline. A function that does not read is
-                # stopped by the run deadline, which also ends this write. What
-                # the pipe took at once was written where the function started.
-                if proc.fed < len(body):
-                    await proc.write(memoryview(body)[proc.fed:])
-                proc.close_stdin()
-            else:
-                # While the client sends, the earlier of its deadline and the run's.
-                waiting, reason = self.read_deadline(started, run_deadline, run_reason)
-                try:
-                    async with asyncio.timeout_at(waiting):
-                        if not await self.feed(proc, body):
-                            proc.stop("body_too_large")
-                            return self._too_large()
-                except TimeoutError:
-                    return self._stopped(proc, reason)
+            stopped = await self.feed_body(proc, body, started, run_deadline, run_reason)
+            if stopped == "body_too_large":
+                proc.stop(stopped)
+                return self._too_large()
+            if stopped is not None:
+                return self._stopped(proc, stopped)
             expired = await ended
             if expired is not None:
                 return self._stopped(proc, expired)
@@ -289,22 +278,37 @@ class Executor:
         self._track(proc, on_gone, keep_slot)
         return proc
 
-    def run_deadline(self, started: float) -> tuple[float | None, str]:
-        """When a function started now for a request that arrived at `started` is
+    def run_deadline(self, started: float, now: float) -> tuple[float | None, str]:
+        """When a function started `now` for a request that arrived at `started` is
         stopped (on the loop's clock; None: never), and why."""
         config = self._config
         return _earliest(
-            asyncio.get_running_loop().time() + config.exec_timeout
-            if config.exec_timeout else None, "exec_timeout",
+            now + config.exec_timeout if config.exec_timeout else None, "exec_timeout",
             started + config.write_timeout if config.write_timeout else None, "write_timeout",
         )
 
-    def read_deadline(self, started: float, run_deadline: float | None,
-                      run_reason: str) -> tuple[float | None, str]:
-        """While the body arrives: the earlier of read_timeout and the run's deadline."""
+    async def feed_body(self, proc: FunctionProcess, body: Body, started: float,
+                        run_deadline: float | None, run_reason: str) -> str | None:
+        """The body to the function's stdin; why it must be stopped (body_too_large,
+        or the deadline that passed while the body arrived), else None. A body that
+        is all here has no read deadline: a function that does not read is stopped
+        by the run deadline, which also ends the write. What the pipe took at once
+        was written where the function started."""
+        if isinstance(body, bytes):
+            if proc.fed < len(body):
+                await proc.write(memoryview(body)[proc.fed:])
+            proc.close_stdin()
+            return None
+        # While the client sends, the earlier of its deadline and the run's.
         read_timeout = self._config.read_timeout
-        return _earliest(run_deadline, run_reason,
-                         started + read_timeout if read_timeout else None, "read_timeout")
+        waiting, reason = _earliest(run_deadline, run_reason,
+                                    started + read_timeout if read_timeout else None,
+                                    "read_timeout")
+        try:
+            async with asyncio.timeout_at(waiting):
+                return None if await self._feed(proc, body) else "body_too_large"
+        except TimeoutError:
+            return reason
 
     def rejected(self, reason: str = "max_inflight", waiting: int = 0) -> Result:
         """The 429, made from parts kept between calls: shedding load is the one
@@ -345,7 +349,7 @@ class Executor:
 
     # --- inside ---------------------------------------------------------------------
 
-    async def feed(self, proc: FunctionProcess, body: AsyncIterator[bytes]) -> bool:
+    async def _feed(self, proc: FunctionProcess, body: AsyncIterator[bytes]) -> bool:
         """Copy the body to stdin with backpressure; False when it passes the limit."""
         limit = self._config.max_body_bytes
         received = 0

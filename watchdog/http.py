@@ -575,11 +575,8 @@ class Connection(asyncio.Protocol):
         both ways, until either side ends (then both are closed)."""
         assert response.tunnel is not None
         reader, writer, early = response.tunnel
-        lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
-        for name, value in (*response.headers.items(), *response.more_headers):
-            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        lines.append(b"\r\n")
-        self.write(b"".join(lines) + early)
+        self.write(b"".join([b"HTTP/1.1 101 Switching Protocols\r\n", *_fields(response),
+                             b"\r\n", early]))
         self._disarm()  # no idle deadline in a tunnel: the mode's own (exec_timeout)
         self._framer.stop()
         self._tunnel = writer
@@ -682,11 +679,7 @@ class Connection(asyncio.Protocol):
         status = response.status
         lines = [b"%s%d %s\r\n" % (_status_version(request), status,
                                     _PHRASES.get(status, b"Unknown"))]
-        for name, value in response.headers.items():
-            # As request headers were decoded: an echoed value goes back byte for byte.
-            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        for name, value in response.more_headers:
-            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        lines += _fields(response)
         # Go sends no length with an empty answer to HEAD (it cannot know the size).
         if status < 200 or status in (204, 304):
             length = b""  # RFC 9110: no length there (a 304's would be the file's)
@@ -895,6 +888,16 @@ class HttpServer:
             self._second = now
             self._date = http_date(now)
         return self._date
+
+
+def _fields(response: Response) -> list[bytes]:
+    """The answer's header lines. As request headers were decoded: an echoed value
+    goes back byte for byte."""
+    lines = [f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+             for name, value in response.headers.items()]
+    for name, value in response.more_headers:
+        lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+    return lines
 
 
 def _status_version(request: Request) -> bytes:

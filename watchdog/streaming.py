@@ -46,7 +46,7 @@ class StreamingInvoker:
         proc = launched
         sink = proc.stream_output(HIGH_WATER)
         loop = asyncio.get_running_loop()
-        deadline, reason = executor.run_deadline(started)
+        deadline, reason = executor.run_deadline(started, loop.time())
         timer = loop.call_at(deadline, proc.stop, reason) if deadline is not None else None
         # The body is fed while the output flows back: `cat` of a large body answers
         # as it reads.
@@ -76,21 +76,11 @@ class StreamingInvoker:
 
     async def _feed(self, proc: FunctionProcess, body: Body, started: float,
                     run_deadline: float | None, run_reason: str) -> None:
-        executor = self._executor
-        if isinstance(body, bytes):
-            # No read deadline: it is all here. What the pipe took at once was
-            # written where the function started.
-            if proc.fed < len(body):
-                await proc.write(memoryview(body)[proc.fed:])
-            proc.close_stdin()
-            return
-        waiting, reason = executor.read_deadline(started, run_deadline, run_reason)
         try:
-            async with asyncio.timeout_at(waiting):
-                if not await executor.feed(proc, body):
-                    proc.stop("body_too_large")
-        except TimeoutError:
-            proc.stop(reason)
+            stopped = await self._executor.feed_body(proc, body, started, run_deadline,
+                                                     run_reason)
+            if stopped is not None:
+                proc.stop(stopped)
         except Exception as exc:  # the client's body broke off, or was malformed
             log.info("request body failed: function stopped", exc_info=exc)
             proc.stop("body_broken")
